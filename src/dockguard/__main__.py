@@ -1,0 +1,3 @@
+from dockguard.cli import app
+
+app()

@@ -1,0 +1,66 @@
+"""The FastAPI application factory. Clients are built in the lifespan, never at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from dockguard import __version__
+from dockguard.jobs.worker import create_worker
+from dockguard.logs import request_id_var
+from dockguard.services import Services
+from dockguard.settings import Settings
+
+from . import problems
+from .routes import router
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
+    """The API; with `run_worker`, an arq worker runs in the same process and event loop."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await Services.open(settings)
+        app.state.services = services
+        worker = create_worker(services, handle_signals=False) if run_worker else None
+        task = asyncio.create_task(worker.async_run()) if worker else None
+        log.info("dockguard API started", extra={"worker": run_worker})
+        try:
+            yield
+        finally:
+            if worker and task:
+                await worker.close()
+                task.cancel()
+            await services.close()
+
+    app = FastAPI(
+        title="dockguard",
+        version=__version__,
+        summary="Scan, build and run untrusted Dockerfiles in a hardened sandbox.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        given = request.headers.get("x-request-id", "")
+        rid = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        try:
+            response = await call_next(request)
+        finally:
+            request_id_var.reset(token)
+        response.headers["X-Request-ID"] = rid
+        return response
+
+    return app

@@ -1,0 +1,74 @@
+"""Every error response is `application/problem+json` (RFC 9457) with dockguard's stable `code`.
+No stack trace or third-party text ever reaches a client."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dockguard.errors import DockguardError, ErrorCode
+from dockguard.models import Problem
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(status: int, code: str, detail: str) -> JSONResponse:
+    problem = Problem(
+        type=f"https://dockguard.dev/errors/{code}",
+        title=HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        code=code,
+    )
+    return JSONResponse(problem.model_dump(), status_code=status, media_type=PROBLEM_JSON)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries documenting the problem documents a route can return."""
+    return {
+        status: {
+            "model": Problem,
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+_HTTP_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(DockguardError)
+    async def _dockguard(_: Request, exc: DockguardError) -> JSONResponse:
+        return problem_response(exc.http_status, exc.code.value, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
+            for err in exc.errors()[:5]
+        )
+        return problem_response(422, ErrorCode.REQUEST_INVALID.value, f"invalid request: {where}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, ErrorCode.REQUEST_INVALID)
+        return problem_response(exc.status_code, code.value, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return problem_response(500, ErrorCode.INTERNAL_ERROR.value, "an internal error occurred")

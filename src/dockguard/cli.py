@@ -1,0 +1,117 @@
+"""`dockguard serve | worker | submit`: parse arguments, load settings, start things."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+import uvicorn
+
+from dockguard import logs
+from dockguard.embedded_redis import EmbeddedRedisError, embedded_redis
+from dockguard.settings import Settings
+
+app = typer.Typer(help="Scan, build and run untrusted Dockerfiles in a hardened sandbox.")
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    worker: Annotated[bool, typer.Option(help="Run a worker in the same process.")] = True,
+) -> None:
+    """Run the HTTP API (and, unless --no-worker, a worker). Without DOCKGUARD_REDIS_URL, a private
+    redis-server is started and stopped with it."""
+    from dockguard.api import create_app
+
+    settings = _settings()
+    if settings.redis_url is None and not worker:
+        raise typer.BadParameter("--no-worker needs a shared Redis: set DOCKGUARD_REDIS_URL")
+
+    def run(settings: Settings) -> None:
+        api = create_app(settings, run_worker=worker)
+        uvicorn.run(
+            api,
+            host=host or settings.host,
+            port=settings.port if port is None else port,
+            log_config=None,
+            proxy_headers=False,
+            timeout_graceful_shutdown=10,
+        )
+
+    if settings.redis_url is not None:
+        run(settings)
+        return
+    # uvicorn re-raises SIGTERM after a graceful shutdown; as SystemExit it unwinds through the
+    # `with` below, so the private redis-server is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        with embedded_redis() as url:
+            run(settings.model_copy(update={"redis_url": url}))
+    except EmbeddedRedisError as exc:
+        typer.echo(f"dockguard: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command("worker")
+def worker_command() -> None:
+    """Run a standalone worker against DOCKGUARD_REDIS_URL (scale by starting more)."""
+    from dockguard.jobs.worker import create_worker
+    from dockguard.services import Services
+
+    settings = _settings()
+    if settings.redis_url is None:
+        raise typer.BadParameter("a standalone worker needs DOCKGUARD_REDIS_URL")
+
+    async def main() -> None:
+        services = await Services.open(settings)
+        worker = create_worker(services, handle_signals=True)
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+            await services.close()
+
+    asyncio.run(main())
+
+
+@app.command()
+def submit(
+    dockerfile: Annotated[Path, typer.Argument(help="Dockerfile to submit ('-' for stdin).")],
+    url: Annotated[str, typer.Option(help="dockguard's base URL.")] = "http://127.0.0.1:8000",
+    wait: Annotated[bool, typer.Option(help="Wait for the job to end.")] = True,
+    timeout_s: Annotated[float, typer.Option(help="How long to wait, in seconds.")] = 1800,
+) -> None:
+    """Submit a Dockerfile and print the job as JSON (exit status 0 only if it succeeded)."""
+    body = sys.stdin.buffer.read() if str(dockerfile) == "-" else dockerfile.read_bytes()
+    with httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post(
+            "/v1/jobs", content=body, headers={"Content-Type": "text/plain; charset=utf-8"}
+        )
+        if response.status_code != 202:
+            typer.echo(response.text, err=True)
+            raise typer.Exit(2)
+        job = response.json()
+        deadline = time.monotonic() + timeout_s
+        while wait and job["status"] not in ("succeeded", "failed", "rejected", "cancelled"):
+            if time.monotonic() > deadline:
+                typer.echo(f"dockguard: job {job['id']} still {job['status']}", err=True)
+                raise typer.Exit(3)
+            time.sleep(0.5)
+            job = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
+    typer.echo(json.dumps(job, indent=2))
+    if wait and job["status"] != "succeeded":
+        raise typer.Exit(1)

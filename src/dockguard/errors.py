@@ -1,0 +1,79 @@
+"""The errors dockguard reports, each with a stable snake_case code.
+
+    DockguardError                 code, message, http_status
+    ├── SubmissionError            the request itself is unacceptable (HTTP 4xx at submission)
+    │     dockerfile_empty, dockerfile_encoding, dockerfile_invalid, dockerfile_too_large,
+    │     unsupported_media_type, request_invalid
+    ├── JobNotFound                job_not_found (404)
+    └── JobFailure                 a job ended as `failed` or `rejected`; recorded in `Job.error`
+          dockerfile_rejected, scanner_failed, build_failed, build_timeout, run_timeout, run_oom,
+          run_nonzero_exit, result_missing, result_invalid, result_too_large,
+          result_not_regular_file, internal_error
+
+Third-party errors (aiodocker, redis, subprocess) are translated at the boundary of the module
+that calls them (`raise JobFailure(...) from exc`), with a message that says what was being
+attempted and never the raw daemon text.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    DOCKERFILE_EMPTY = "dockerfile_empty"
+    DOCKERFILE_ENCODING = "dockerfile_encoding"
+    DOCKERFILE_INVALID = "dockerfile_invalid"
+    DOCKERFILE_TOO_LARGE = "dockerfile_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    REQUEST_INVALID = "request_invalid"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    JOB_NOT_FOUND = "job_not_found"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    DOCKERFILE_REJECTED = "dockerfile_rejected"
+    SCANNER_FAILED = "scanner_failed"
+    BUILD_FAILED = "build_failed"
+    BUILD_TIMEOUT = "build_timeout"
+    RUN_TIMEOUT = "run_timeout"
+    RUN_OOM = "run_oom"
+    RUN_NONZERO_EXIT = "run_nonzero_exit"
+    RESULT_MISSING = "result_missing"
+    RESULT_INVALID = "result_invalid"
+    RESULT_TOO_LARGE = "result_too_large"
+    RESULT_NOT_REGULAR_FILE = "result_not_regular_file"
+    INTERNAL_ERROR = "internal_error"
+
+
+class DockguardError(Exception):
+    """Base of every error dockguard reports to a client."""
+
+    http_status = 500
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SubmissionError(DockguardError):
+    """The submitted request cannot become a job."""
+
+    def __init__(self, code: ErrorCode, message: str, http_status: int = 400) -> None:
+        super().__init__(code, message)
+        self.http_status = http_status
+
+
+class JobNotFound(DockguardError):
+    http_status = 404
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(ErrorCode.JOB_NOT_FOUND, f"no job with id {job_id!r} (unknown or expired)")
+
+
+class JobFailure(DockguardError):
+    """A pipeline step ended the job; `rejected` marks a policy verdict rather than a failure."""
+
+    def __init__(self, code: ErrorCode, message: str, *, rejected: bool = False) -> None:
+        super().__init__(code, message)
+        self.rejected = rejected

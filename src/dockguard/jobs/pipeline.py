@@ -1,0 +1,201 @@
+"""One job, start to end: scan the Dockerfile → build → prepare → run → collect → clean up.
+
+Every status change of a job happens in this module, through `JobStore.update`. The pipeline is
+safe to run twice for the same job (arq retries jobs whose worker stopped): it starts by removing
+whatever an earlier attempt left in the engine, and a job that already ended is left alone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from dockguard.errors import ErrorCode, JobFailure
+from dockguard.logs import job_id_var
+from dockguard.models import (
+    BuildInfo,
+    ErrorInfo,
+    Job,
+    JobStatus,
+    RunInfo,
+    RunLimits,
+    ScanReport,
+)
+from dockguard.sandbox import BuildLimits, Prepared, outcome_failure, parse_result
+from dockguard.sandbox import RunLimits as SandboxRunLimits
+from dockguard.sandbox.build import BuildFailure
+from dockguard.scanning import evaluate
+from dockguard.services import Services
+from dockguard.store import StaleUpdate
+
+log = logging.getLogger(__name__)
+
+
+async def run_job(services: Services, job_id: str) -> str:
+    """Process one job; returns its final status. Never raises for a job's own failure."""
+    token = job_id_var.set(job_id)
+    try:
+        return await _run(services, job_id)
+    finally:
+        job_id_var.reset(token)
+
+
+async def _run(services: Services, job_id: str) -> str:
+    job = await services.store.get(job_id)
+    if job is None:
+        log.warning("job expired before it ran")
+        return "expired"
+    if job.status.terminal:
+        return job.status.value
+    pipeline = _Pipeline(services, job_id)
+    try:
+        await services.sandbox.cleanup(job_id)  # leftovers of an earlier, interrupted attempt
+        await pipeline.steps()
+        status = JobStatus.SUCCEEDED
+    except JobFailure as failure:
+        status = JobStatus.REJECTED if failure.rejected else JobStatus.FAILED
+        await pipeline.finish(status, failure.code, failure.message)
+    except StaleUpdate:
+        log.info("job ended elsewhere; stopping")
+        status = JobStatus.CANCELLED
+    except Exception:
+        log.exception("job failed on an internal error")
+        status = JobStatus.FAILED
+        await pipeline.finish(
+            status, ErrorCode.INTERNAL_ERROR, "an internal error stopped the job; see the logs"
+        )
+    finally:
+        # Shielded: a worker shutting down must not leave this job's containers behind.
+        await asyncio.shield(services.sandbox.cleanup(job_id))
+    log.info("job finished", extra={"status": status.value})
+    return status.value
+
+
+class _Pipeline:
+    def __init__(self, services: Services, job_id: str) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.job_id = job_id
+
+    async def update(self, change: Callable[[Job], None]) -> None:
+        if await self.services.store.update(self.job_id, change) is None:
+            raise StaleUpdate(f"job {self.job_id} expired while it ran")
+
+    async def finish(self, status: JobStatus, code: ErrorCode, message: str) -> None:
+        def change(job: Job) -> None:
+            job.status = status
+            job.error = ErrorInfo(code=code.value, message=message)
+
+        try:
+            await self.update(change)
+        except StaleUpdate:
+            log.info("job ended elsewhere before it could be marked %s", status.value)
+
+    async def steps(self) -> None:
+        dockerfile = await self.services.store.get_dockerfile(self.job_id)
+        if dockerfile is None:
+            raise JobFailure(ErrorCode.INTERNAL_ERROR, "the job's Dockerfile is no longer stored")
+        await self.scan(dockerfile)
+        prepared = await self.build(dockerfile)
+        await self.run(prepared)
+
+    async def scan(self, dockerfile: str) -> None:
+        await self.update(lambda job: setattr(job, "status", JobStatus.SCANNING))
+        scanner = self.services.scanner
+        outcome = await scanner.scan_dockerfile(dockerfile)
+        report = evaluate(
+            outcome.findings,
+            fail_on=self.settings.scan_fail_on,
+            ignore=self.settings.scan_ignore,
+            scanner=await scanner.info(),
+            duration_s=outcome.duration_s,
+        )
+
+        def record(job: Job) -> None:
+            job.scan.dockerfile = report
+
+        await self.update(record)
+        if not report.passed:
+            raise JobFailure(ErrorCode.DOCKERFILE_REJECTED, _rejection(report), rejected=True)
+
+    async def build(self, dockerfile: str) -> Prepared:
+        await self.update(lambda job: setattr(job, "status", JobStatus.BUILDING))
+        limits = BuildLimits(
+            timeout_s=self.settings.build_timeout_s,
+            memory_mb=self.settings.build_memory_mb,
+            network=self.settings.build_network,
+            nocache=self.settings.build_nocache,
+        )
+        try:
+            outcome = await self.services.sandbox.build(self.job_id, dockerfile, limits)
+        except BuildFailure as failure:
+            failed = BuildInfo(log_tail=failure.log_tail)
+            await self.update(lambda job: setattr(job, "build", failed))
+            raise
+
+        def record(job: Job) -> None:
+            job.build = BuildInfo(
+                image_id=outcome.image_id,
+                duration_s=outcome.duration_s,
+                log_tail=outcome.log_tail,
+            )
+
+        await self.update(record)
+        return await self.services.sandbox.prepare(self.job_id, outcome.image_id, limits)
+
+    async def run(self, prepared: Prepared) -> None:
+        settings = self.settings
+        limits = SandboxRunLimits(
+            timeout_s=settings.run_timeout_s,
+            memory_mb=settings.run_memory_mb,
+            cpus=settings.run_cpus,
+            pids=settings.run_pids,
+            tmpfs_mb=settings.run_tmpfs_mb,
+        )
+        recorded_limits = RunLimits(
+            memory_mb=limits.memory_mb,
+            cpus=limits.cpus,
+            pids=limits.pids,
+            timeout_s=limits.timeout_s,
+            user=prepared.user,
+        )
+
+        def start(job: Job) -> None:
+            job.status = JobStatus.RUNNING
+            job.run = RunInfo(limits=recorded_limits)
+
+        await self.update(start)
+        sandbox = self.services.sandbox
+        outcome = await sandbox.run(self.job_id, prepared, limits)
+
+        def record(job: Job) -> None:
+            job.run = RunInfo(
+                exit_code=outcome.exit_code,
+                duration_s=outcome.duration_s,
+                oom_killed=outcome.oom_killed,
+                timed_out=outcome.timed_out,
+                log_tail=outcome.log_tail,
+                limits=recorded_limits,
+            )
+
+        await self.update(record)
+        if failure := outcome_failure(outcome, limits.timeout_s, limits.memory_mb):
+            raise failure
+        raw = await sandbox.fetch_result(outcome.container_id, settings.result_max_bytes)
+        result = parse_result(raw)
+
+        def succeed(job: Job) -> None:
+            job.result = result
+            job.status = JobStatus.SUCCEEDED
+
+        await self.update(succeed)
+
+
+def _rejection(report: ScanReport) -> str:
+    failing = [f for f in report.findings if f.severity in report.policy.fail_on and not f.ignored]
+    shown = ", ".join(
+        f"{f.id} ({f.severity.value}{f', line {f.line}' if f.line else ''}): {f.title}"
+        for f in failing[:5]
+    )
+    more = f" and {len(failing) - 5} more" if len(failing) > 5 else ""
+    return f"the Dockerfile scan failed the policy: {shown}{more}"

@@ -1,0 +1,41 @@
+"""The arq worker: one task, `run_job(job_id)`. Used standalone (`dockguard worker`) and inside
+`dockguard serve`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq import Worker, func
+
+from dockguard.jobs.pipeline import run_job
+from dockguard.services import QUEUE_NAME, Services, deserialize, serialize
+
+TASK = "run_job"
+
+
+async def _task(ctx: dict[str, Any], job_id: str) -> str:
+    services: Services = ctx["services"]
+    return await run_job(services, job_id)
+
+
+def job_timeout_s(services: Services) -> float:
+    """Longer than every step's own timeout together, so a step's timeout always fires first."""
+    s = services.settings
+    return s.scanner_timeout_s + 2 * s.build_timeout_s + s.run_timeout_s + 300
+
+
+def create_worker(services: Services, *, handle_signals: bool) -> Worker:
+    return Worker(
+        functions=[func(_task, name=TASK, max_tries=3, timeout=job_timeout_s(services))],
+        redis_pool=services.redis,
+        queue_name=QUEUE_NAME,
+        ctx={"services": services},
+        max_jobs=services.settings.worker_concurrency,
+        keep_result=60,
+        poll_delay=0.1,
+        handle_signals=handle_signals,
+        allow_abort_jobs=True,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        log_results=False,
+    )

@@ -1,0 +1,142 @@
+"""The pydantic models on the wire (HTTP) and in Redis. Inside the worker, plain dataclasses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dockguard.settings import Severity
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    SCANNING = "scanning"
+    BUILDING = "building"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def rank(self) -> int:
+        """Position in the only order a job may move in: queued → … → a terminal status."""
+        return min(_ORDER.index(self), len(_ORDER) - len(_TERMINAL))
+
+
+_ORDER = list(JobStatus)
+_TERMINAL = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.CANCELLED}
+)
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="Stable snake_case error code.", examples=["run_nonzero_exit"])
+    message: str = Field(description="Human-readable explanation.")
+
+
+class Finding(BaseModel):
+    id: str = Field(description="Scanner check id, e.g. `DS-0002`.")
+    severity: Severity
+    title: str
+    message: str
+    line: int | None = Field(None, description="First Dockerfile line the finding is about.")
+    ignored: bool = Field(False, description="True when the policy's ignore list names this check.")
+
+
+class ScannerInfo(BaseModel):
+    name: str = "trivy"
+    version: str
+
+
+class ScanPolicy(BaseModel):
+    fail_on: list[Severity] = Field(description="Severities that make the scan fail.")
+    ignore: list[str] = Field(description="Check ids that never make the scan fail.")
+
+
+class ScanReport(BaseModel):
+    passed: bool
+    summary: dict[Severity, int] = Field(description="Number of findings per severity.")
+    findings: list[Finding]
+    policy: ScanPolicy
+    scanner: ScannerInfo
+    duration_s: float
+
+
+class ScanResults(BaseModel):
+    dockerfile: ScanReport | None = None
+
+
+class BuildInfo(BaseModel):
+    image_id: str | None = None
+    duration_s: float | None = None
+    log_tail: list[str] = Field(default_factory=list)
+
+
+class RunLimits(BaseModel):
+    memory_mb: int
+    cpus: float
+    pids: int
+    timeout_s: float
+    network: str = "none"
+    user: str
+
+
+class RunInfo(BaseModel):
+    exit_code: int | None = None
+    duration_s: float | None = None
+    oom_killed: bool = False
+    timed_out: bool = False
+    log_tail: list[str] = Field(default_factory=list)
+    limits: RunLimits | None = None
+
+
+class JobResult(BaseModel):
+    perf: float | None = Field(description="The `perf` member of perf.json, when a finite number.")
+    data: dict[str, Any] = Field(description="The whole perf.json object.")
+
+
+class Job(BaseModel):
+    """A submitted Dockerfile and everything that happened to it."""
+
+    model_config = ConfigDict(use_enum_values=False)
+
+    id: str
+    status: JobStatus = JobStatus.QUEUED
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    error: ErrorInfo | None = None
+    dockerfile_sha256: str
+    dockerfile_bytes: int
+    scan: ScanResults = Field(default_factory=ScanResults)
+    build: BuildInfo | None = None
+    run: RunInfo | None = None
+    result: JobResult | None = None
+
+
+class SubmitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dockerfile: str = Field(description="The Dockerfile's text.")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, plus dockguard's stable error `code`."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str

@@ -1,0 +1,219 @@
+"""Image builds through the Engine API's `POST /build`, streamed, limited and time-boxed."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+import tarfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import aiodocker
+import aiohttp
+
+from dockguard.errors import ErrorCode, JobFailure
+from dockguard.sandbox import names
+
+log = logging.getLogger(__name__)
+
+_STEP = re.compile(r"^Step \d+/\d+ : (\w+)")
+_LAYER = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+_RUN_EXIT = re.compile(r"returned a non-zero code: (\d+)")
+_MISSING_BASE = re.compile(
+    r"pull access denied|repository does not exist|manifest unknown|not found|no such image",
+    re.IGNORECASE,
+)
+_LINE_CAP = 1000
+_STREAM_LINE_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True)
+class BuildLimits:
+    timeout_s: float
+    memory_mb: int
+    network: str
+    nocache: bool
+
+
+class BuildFailure(JobFailure):
+    """A failed or timed-out build, with what the build printed before it stopped."""
+
+    def __init__(self, code: ErrorCode, message: str, log_tail: list[str]) -> None:
+        super().__init__(code, message)
+        self.log_tail = log_tail
+
+
+@dataclass
+class BuildOutcome:
+    image_id: str
+    duration_s: float
+    log_tail: list[str]
+
+
+@dataclass
+class _Progress:
+    """What the build stream told us so far: the log tail and the layers this build made."""
+
+    tail: deque[str]
+    layers: list[str] = field(default_factory=list)
+    image_id: str | None = None
+    error: str | None = None
+    step: str = ""
+
+    def feed(self, message: dict[str, object]) -> None:
+        if isinstance(message.get("stream"), str):
+            for line in str(message["stream"]).splitlines():
+                self._line(line)
+        aux = message.get("aux")
+        if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
+            self.image_id = aux["ID"]
+        if message.get("error"):
+            self.error = str(message["error"])
+            self.tail.append(self.error[:_LINE_CAP])
+
+    def _line(self, line: str) -> None:
+        if not line.strip():
+            return
+        self.tail.append(line[:_LINE_CAP])
+        if step := _STEP.match(line):
+            self.step = step.group(1).upper()
+        elif (layer := _LAYER.match(line)) and self.step != "FROM":
+            self.layers.append(
+                layer.group(1)
+            )  # the FROM step's layer is the base image: never ours
+
+
+class Builder:
+    def __init__(self, docker: aiodocker.Docker, log_tail_lines: int) -> None:
+        self._docker = docker
+        self._log_tail_lines = log_tail_lines
+
+    async def build(
+        self, job_id: str, dockerfile: str, tag: str, limits: BuildLimits, *, context: bytes = b""
+    ) -> BuildOutcome:
+        """Build `dockerfile` (with an optional extra tar `context`), tagged `tag`.
+
+        Intermediate layers of a build that fails or times out are removed here; the tagged
+        image of a successful build is the caller's to remove (cleanup, by job label).
+        """
+        started = time.monotonic()
+        progress = _Progress(tail=deque(maxlen=max(self._log_tail_lines, 1)))
+        params = {
+            "t": tag,
+            "dockerfile": "Dockerfile",
+            "labels": json.dumps(names.labels(job_id)),
+            "rm": "1",
+            "forcerm": "1",
+            "pull": "0",
+            "nocache": "1" if limits.nocache else "0",
+            "memory": str(limits.memory_mb * 1024 * 1024),
+            "memswap": str(limits.memory_mb * 1024 * 1024),
+            "networkmode": limits.network,
+        }
+        body = _context_tar(dockerfile, context)
+        try:
+            async with asyncio.timeout(limits.timeout_s):
+                await self._stream(params, body, progress)
+        except TimeoutError as exc:
+            # Leaving the request closes the connection, which makes the engine cancel the build.
+            await self._remove_layers(progress.layers)
+            raise BuildFailure(
+                ErrorCode.BUILD_TIMEOUT,
+                f"the build did not finish within {limits.timeout_s:g} s",
+                self._tail(progress),
+            ) from exc
+        except aiodocker.DockerError as exc:
+            await self._remove_layers(progress.layers)
+            progress.tail.append(exc.message[:_LINE_CAP])
+            raise BuildFailure(
+                ErrorCode.BUILD_FAILED, _build_error_message(exc.message), self._tail(progress)
+            ) from exc
+        if progress.error or not progress.image_id:
+            await self._remove_layers(progress.layers)
+            raise BuildFailure(
+                ErrorCode.BUILD_FAILED,
+                _build_error_message(progress.error or ""),
+                self._tail(progress),
+            )
+        return BuildOutcome(
+            image_id=progress.image_id,
+            duration_s=round(time.monotonic() - started, 3),
+            log_tail=self._tail(progress),
+        )
+
+    def _tail(self, progress: _Progress) -> list[str]:
+        return list(progress.tail)[-self._log_tail_lines :] if self._log_tail_lines else []
+
+    async def _stream(self, params: dict[str, str], body: bytes, progress: _Progress) -> None:
+        async with self._docker._query(
+            "build",
+            "POST",
+            params=params,
+            data=body,
+            headers={"Content-Type": "application/x-tar"},
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=None, connect=10),
+        ) as response:
+            buffer = b""
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                if len(buffer) > _STREAM_LINE_LIMIT:
+                    buffer = buffer[
+                        -_STREAM_LINE_LIMIT:
+                    ]  # a line this long is noise: drop its head
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        progress.feed(_decode(line))
+            if buffer.strip():
+                progress.feed(_decode(buffer))
+
+    async def _remove_layers(self, layers: list[str]) -> None:
+        """Remove the intermediate images a failed build left, newest first; never force."""
+        for layer in reversed(layers):
+            try:
+                async with asyncio.timeout(30):
+                    image = await self._docker.images.inspect(layer)
+                    if not image.get("RepoTags"):
+                        await self._docker.images.delete(layer, force=False)
+            except (aiodocker.DockerError, TimeoutError) as exc:
+                log.info("could not remove build layer", extra={"layer": layer, "why": str(exc)})
+
+
+def _decode(line: bytes) -> dict[str, object]:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return {"stream": line.decode("utf-8", "replace")}
+    return message if isinstance(message, dict) else {}
+
+
+def _context_tar(dockerfile: str, extra: bytes) -> bytes:
+    """A build context holding the Dockerfile and, optionally, the members of `extra` (a tar)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        data = dockerfile.encode("utf-8")
+        info = tarfile.TarInfo("Dockerfile")
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+        if extra:
+            with tarfile.open(fileobj=io.BytesIO(extra), mode="r:") as source:
+                for member in source.getmembers():
+                    fileobj = source.extractfile(member) if member.isfile() else None
+                    tar.addfile(member, fileobj)
+    return buffer.getvalue()
+
+
+def _build_error_message(error: str) -> str:
+    """A client-safe summary of the engine's error: the engine's own text stays in the log tail."""
+    if match := _RUN_EXIT.search(error):
+        return f"a RUN instruction exited with status {match.group(1)} (see build.log_tail)"
+    if _MISSING_BASE.search(error):
+        return (
+            "a base image is not available on this engine "
+            "and could not be pulled (see build.log_tail)"
+        )
+    return "the build failed (see build.log_tail)"

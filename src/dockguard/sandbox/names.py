@@ -1,0 +1,28 @@
+"""Names and labels of every Docker object a job creates. Each name embeds the job id, so two
+jobs can never collide, and each object carries the job id label so a sweep can find it."""
+
+from __future__ import annotations
+
+JOB_LABEL = "dockguard.job-id"
+MANAGED_LABEL = "dockguard.managed"
+
+
+def labels(job_id: str) -> dict[str, str]:
+    return {JOB_LABEL: job_id, MANAGED_LABEL: "true"}
+
+
+def label_filter(job_id: str) -> dict[str, list[str]]:
+    return {"label": [f"{JOB_LABEL}={job_id}"]}
+
+
+def image_tag(job_id: str, stage: str) -> str:
+    """`stage` is `build` (the user's image) or `final` (with the job's /data prepared)."""
+    return f"dockguard/job-{job_id}:{stage}"
+
+
+def container_name(job_id: str) -> str:
+    return f"dockguard-{job_id}-run"
+
+
+def volume_name(job_id: str) -> str:
+    return f"dockguard-{job_id}-data"

@@ -1,0 +1,68 @@
+"""Every setting dockguard reads, in one place: environment variables prefixed `DOCKGUARD_`
+(or a `.env` file). Lists are comma-separated. README's configuration table is checked against
+this class by a test, so a setting cannot go undocumented."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Severity(StrEnum):
+    CRITICAL = "CRITICAL"
+    HIGH = "HIGH"
+    MEDIUM = "MEDIUM"
+    LOW = "LOW"
+    UNKNOWN = "UNKNOWN"
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DOCKGUARD_", env_file=".env", extra="ignore")
+
+    # Service
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    redis_url: str | None = None
+    docker_url: str | None = None
+    docker_timeout_s: float = Field(30.0, gt=0)
+    worker_concurrency: int = Field(4, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    # Jobs and submissions
+    job_ttl_s: int = Field(86400, ge=1)
+    max_dockerfile_bytes: int = Field(65536, ge=1)
+
+    # Dockerfile scan
+    scan_fail_on: Annotated[list[Severity], NoDecode] = [Severity.HIGH, Severity.CRITICAL]
+    scan_ignore: CommaList = []
+    scanner_timeout_s: float = Field(120.0, gt=0)
+    trivy_binary: str | None = None
+
+    # Build
+    build_timeout_s: float = Field(600.0, gt=0)
+    build_network: str = "bridge"
+    build_memory_mb: int = Field(2048, ge=64)
+    build_nocache: bool = True
+
+    # Run
+    run_timeout_s: float = Field(300.0, gt=0)
+    run_memory_mb: int = Field(512, ge=8)
+    run_cpus: float = Field(1.0, gt=0)
+    run_pids: int = Field(128, ge=8)
+    run_tmpfs_mb: int = Field(64, ge=1)
+    result_max_bytes: int = Field(65536, ge=64)
+    log_tail_lines: int = Field(50, ge=0)
+
+    @field_validator("scan_fail_on", "scan_ignore", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip().upper() for item in value.split(",") if item.strip()]
+        return value

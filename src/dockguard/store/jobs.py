@@ -1,0 +1,90 @@
+"""Every Redis key dockguard writes is built here, and every job record write goes through
+`JobStore.update`, which enforces that a job's status only moves forward."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from dockguard.models import Job, utcnow
+
+PREFIX = "dockguard"
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def dockerfile_key(job_id: str) -> str:
+    return f"{PREFIX}:dockerfile:{job_id}"
+
+
+class StaleUpdate(Exception):
+    """The update would move a job's status backwards (e.g. a retried step after the job ended)."""
+
+
+class JobReader(Protocol):
+    async def get(self, job_id: str) -> Job | None: ...
+
+
+class JobStore:
+    def __init__(self, redis: Redis, ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+
+    async def create(self, job: Job, dockerfile: str) -> None:
+        """Store the job and its Dockerfile together, both expiring after the job TTL."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(dockerfile_key(job.id), dockerfile, ex=self._ttl_s)
+            pipe.set(job_key(job.id), job.model_dump_json(), ex=self._ttl_s)
+            await pipe.execute()
+
+    async def get(self, job_id: str) -> Job | None:
+        raw = await self._redis.get(job_key(job_id))
+        return None if raw is None else Job.model_validate_json(raw)
+
+    async def get_dockerfile(self, job_id: str) -> str | None:
+        raw = await self._redis.get(dockerfile_key(job_id))
+        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def delete(self, job_id: str) -> None:
+        await self._redis.delete(job_key(job_id), dockerfile_key(job_id))
+
+    async def update(self, job_id: str, change: Callable[[Job], None]) -> Job | None:
+        """Apply `change` to the stored job atomically (optimistic WATCH/MULTI), keeping its TTL.
+
+        Returns the updated job, or None when the job has expired. Raises StaleUpdate, leaving the
+        record as it was, when the change would move the status backwards or out of a terminal
+        status: a step that arq retries after the job ended must not resurrect it.
+        """
+        key = job_key(job_id)
+        while True:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return None
+                    before = Job.model_validate_json(raw)
+                    job = before.model_copy(deep=True)
+                    change(job)
+                    _check_transition(before, job)
+                    job.updated_at = utcnow()
+                    if job.status.terminal and job.finished_at is None:
+                        job.finished_at = job.updated_at
+                    pipe.multi()
+                    pipe.set(key, job.model_dump_json(), keepttl=True)
+                    await pipe.execute()
+                    return job
+                except WatchError:
+                    continue
+
+
+def _check_transition(before: Job, after: Job) -> None:
+    if before.status.terminal and after.status != before.status:
+        raise StaleUpdate(f"job {before.id} already ended as {before.status}")
+    if after.status.rank < before.status.rank:
+        raise StaleUpdate(f"job {before.id} cannot move from {before.status} to {after.status}")
