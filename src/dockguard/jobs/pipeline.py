@@ -16,6 +16,7 @@ from dockguard.models import (
     BuildInfo,
     ErrorInfo,
     Job,
+    JobResult,
     JobStatus,
     RunInfo,
     RunLimits,
@@ -48,25 +49,26 @@ async def _run(services: Services, job_id: str) -> str:
     if job.status.terminal:
         return job.status.value
     pipeline = _Pipeline(services, job_id)
+    result: JobResult | None = None
+    failure: JobFailure | None = None
     try:
         await services.sandbox.cleanup(job_id)  # leftovers of an earlier, interrupted attempt
-        await pipeline.steps()
-        status = JobStatus.SUCCEEDED
-    except JobFailure as failure:
-        status = JobStatus.REJECTED if failure.rejected else JobStatus.FAILED
-        await pipeline.finish(status, failure.code, failure.message)
+        result = await pipeline.steps()
+    except JobFailure as exc:
+        failure = exc
     except StaleUpdate:
         log.info("job ended elsewhere; stopping")
-        status = JobStatus.CANCELLED
+        return JobStatus.CANCELLED.value
     except Exception:
         log.exception("job failed on an internal error")
-        status = JobStatus.FAILED
-        await pipeline.finish(
-            status, ErrorCode.INTERNAL_ERROR, "an internal error stopped the job; see the logs"
+        failure = JobFailure(
+            ErrorCode.INTERNAL_ERROR, "an internal error stopped the job; see the logs"
         )
     finally:
-        # Shielded: a worker shutting down must not leave this job's containers behind.
+        # Shielded: a worker shutting down must not leave this job's objects behind.
         await asyncio.shield(services.sandbox.cleanup(job_id))
+    # The verdict is written only once nothing of the job is left in the engine.
+    status = await pipeline.conclude(result, failure)
     log.info("job finished", extra={"status": status.value})
     return status.value
 
@@ -81,23 +83,30 @@ class _Pipeline:
         if await self.services.store.update(self.job_id, change) is None:
             raise StaleUpdate(f"job {self.job_id} expired while it ran")
 
-    async def finish(self, status: JobStatus, code: ErrorCode, message: str) -> None:
+    async def conclude(self, result: JobResult | None, failure: JobFailure | None) -> JobStatus:
+        """Write the job's terminal status: succeeded with its result, or the failure."""
+        if failure is not None:
+            status = JobStatus.REJECTED if failure.rejected else JobStatus.FAILED
+            error = ErrorInfo(code=failure.code.value, message=failure.message)
+        else:
+            status, error = JobStatus.SUCCEEDED, None
+
         def change(job: Job) -> None:
-            job.status = status
-            job.error = ErrorInfo(code=code.value, message=message)
+            job.status, job.error, job.result = status, error, result
 
         try:
             await self.update(change)
         except StaleUpdate:
             log.info("job ended elsewhere before it could be marked %s", status.value)
+        return status
 
-    async def steps(self) -> None:
+    async def steps(self) -> JobResult:
         dockerfile = await self.services.store.get_dockerfile(self.job_id)
         if dockerfile is None:
             raise JobFailure(ErrorCode.INTERNAL_ERROR, "the job's Dockerfile is no longer stored")
         await self.scan(dockerfile)
         prepared = await self.build(dockerfile)
-        await self.run(prepared)
+        return await self.run(prepared)
 
     async def scan(self, dockerfile: str) -> None:
         await self.update(lambda job: setattr(job, "status", JobStatus.SCANNING))
@@ -143,7 +152,7 @@ class _Pipeline:
         await self.update(record)
         return await self.services.sandbox.prepare(self.job_id, outcome.image_id, limits)
 
-    async def run(self, prepared: Prepared) -> None:
+    async def run(self, prepared: Prepared) -> JobResult:
         settings = self.settings
         limits = SandboxRunLimits(
             timeout_s=settings.run_timeout_s,
@@ -182,13 +191,7 @@ class _Pipeline:
         if failure := outcome_failure(outcome, limits.timeout_s, limits.memory_mb):
             raise failure
         raw = await sandbox.fetch_result(outcome.container_id, settings.result_max_bytes)
-        result = parse_result(raw)
-
-        def succeed(job: Job) -> None:
-            job.result = result
-            job.status = JobStatus.SUCCEEDED
-
-        await self.update(succeed)
+        return parse_result(raw)
 
 
 def _rejection(report: ScanReport) -> str:

@@ -27,6 +27,7 @@ _MISSING_BASE = re.compile(
     r"pull access denied|repository does not exist|manifest unknown|not found|no such image",
     re.IGNORECASE,
 )
+_INFRASTRUCTURE = re.compile(r"://|\b\d{1,3}(?:\.\d{1,3}){3}\b|dial tcp|lookup ")
 _LINE_CAP = 1000
 _STREAM_LINE_LIMIT = 1 << 20
 
@@ -73,7 +74,7 @@ class _Progress:
             self.image_id = aux["ID"]
         if message.get("error"):
             self.error = str(message["error"])
-            self.tail.append(self.error[:_LINE_CAP])
+            self.tail.append(f"error: {_client_safe_error(self.error, self.step)}")
 
     def _line(self, line: str) -> None:
         if not line.strip():
@@ -127,16 +128,20 @@ class Builder:
                 self._tail(progress),
             ) from exc
         except aiodocker.DockerError as exc:
+            log.info("build failed", extra={"engine_error": exc.message[:2000]})
             await self._remove_layers(progress.layers)
-            progress.tail.append(exc.message[:_LINE_CAP])
+            progress.tail.append(f"error: {_client_safe_error(exc.message, progress.step)}")
             raise BuildFailure(
-                ErrorCode.BUILD_FAILED, _build_error_message(exc.message), self._tail(progress)
+                ErrorCode.BUILD_FAILED,
+                _build_error_message(exc.message, progress.step),
+                self._tail(progress),
             ) from exc
         if progress.error or not progress.image_id:
+            log.info("build failed", extra={"engine_error": (progress.error or "")[:2000]})
             await self._remove_layers(progress.layers)
             raise BuildFailure(
                 ErrorCode.BUILD_FAILED,
-                _build_error_message(progress.error or ""),
+                _build_error_message(progress.error or "", progress.step),
                 self._tail(progress),
             )
         return BuildOutcome(
@@ -207,13 +212,20 @@ def _context_tar(dockerfile: str, extra: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def _build_error_message(error: str) -> str:
-    """A client-safe summary of the engine's error: the engine's own text stays in the log tail."""
+def _build_error_message(error: str, step: str) -> str:
+    """The job's error message: what failed, in our words."""
     if match := _RUN_EXIT.search(error):
         return f"a RUN instruction exited with status {match.group(1)} (see build.log_tail)"
-    if _MISSING_BASE.search(error):
-        return (
-            "a base image is not available on this engine "
-            "and could not be pulled (see build.log_tail)"
-        )
+    if step == "FROM" or _MISSING_BASE.search(error):
+        return "a base image is not available on this engine and could not be pulled"
     return "the build failed (see build.log_tail)"
+
+
+def _client_safe_error(error: str, step: str) -> str:
+    """The engine's error line for the log tail, unless it could reveal the engine host's
+    infrastructure (registry lookups name resolvers, addresses and hosts)."""
+    if step == "FROM" or _MISSING_BASE.search(error):
+        return "the base image is not available on this engine and could not be pulled"
+    if _INFRASTRUCTURE.search(error):
+        return "the engine reported an error (details are in the service's logs)"
+    return error[:_LINE_CAP]

@@ -17,7 +17,8 @@ from dockguard.errors import ErrorCode, JobFailure
 from dockguard.sandbox import names
 from dockguard.sandbox.build import Builder, BuildLimits, BuildOutcome
 from dockguard.sandbox.result import fetch_result
-from dockguard.sandbox.run import RunLimits, Runner, RunOutcome, run_user
+from dockguard.sandbox.run import RunLimits, Runner, RunOutcome
+from dockguard.sandbox.users import resolve_run_user
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Sandbox:
         root (see notes/environment.md): one more `COPY --chown` build step, with no network.
         """
         image = await self.docker.images.inspect(image_id)
-        user = run_user((image.get("Config") or {}).get("User"))
+        user = await resolve_run_user(self.docker, job_id, image)
         context = io.BytesIO()
         with tarfile.open(fileobj=context, mode="w") as tar:
             data_dir = tarfile.TarInfo("data")
@@ -81,10 +82,8 @@ class Sandbox:
                 context=context.getvalue(),
             )
         except JobFailure as exc:
-            # Typically a USER name the image's /etc/passwd does not define.
             raise JobFailure(
-                ErrorCode.BUILD_FAILED,
-                f"preparing the image's /data for user {user!r} failed: {exc.message}",
+                ErrorCode.BUILD_FAILED, f"preparing the image's /data failed: {exc.message}"
             ) from exc
         return Prepared(image_id=outcome.image_id, user=user)
 

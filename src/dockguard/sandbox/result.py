@@ -1,127 +1,38 @@
-"""Reading `/data/perf.json` out of a stopped container, treating every byte as hostile.
-
-The file is fetched through the archive API with a byte cap while streaming (never an unbounded
-tar in memory), must be exactly one regular file, and must be strict JSON: UTF-8, an object,
-finite numbers, bounded depth. Pure parsing lives in `parse_result` for unit tests."""
+"""The job's result: `/data/perf.json` read from the stopped container (see archive.py for how a
+file is read safely), then parsed as strict JSON: UTF-8, an object, finite numbers, bounded
+depth. Pure parsing lives in `parse_result` for unit tests."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import io
 import json
 import math
-import tarfile
 from typing import Any
 
 import aiodocker
-import aiohttp
 
 from dockguard.errors import ErrorCode, JobFailure
 from dockguard.models import JobResult
+from dockguard.sandbox import archive
 
 RESULT_PATH = "/data/perf.json"
 MAX_DEPTH = 32
-_TAR_OVERHEAD = 16 * 1024
-_FILE_TYPE_BITS = {
-    1 << 31: "a directory",
-    1 << 27: "a symbolic link",
-    1 << 26: "a device",
-    1 << 25: "a named pipe",
-    1 << 24: "a socket",
-    1 << 21: "a character device",
-    1 << 19: "not a regular file",
-}  # Go's os.FileMode type bits, as the engine reports them
+
+_CODES = {
+    archive.FileMissing: ErrorCode.RESULT_MISSING,
+    archive.NotRegularFile: ErrorCode.RESULT_NOT_REGULAR_FILE,
+    archive.FileTooLarge: ErrorCode.RESULT_TOO_LARGE,
+    archive.UnreadableArchive: ErrorCode.RESULT_INVALID,
+}
 
 
-def _fail(code: ErrorCode, message: str) -> JobFailure:
-    return JobFailure(code, message)
-
-
-async def fetch_result(
-    docker: aiodocker.Docker, container_id: str, max_bytes: int, timeout_s: float = 30
-) -> bytes:
+async def fetch_result(docker: aiodocker.Docker, container_id: str, max_bytes: int) -> bytes:
     """The raw bytes of perf.json in the stopped container, after every check on its kind/size."""
-    async with asyncio.timeout(timeout_s):
-        stat = await _stat(docker, container_id)
-        if stat is None:
-            raise _fail(ErrorCode.RESULT_MISSING, f"the job did not write {RESULT_PATH}")
-        _check_stat(stat, max_bytes)
-        archive = await _read_capped(docker, container_id, max_bytes + _TAR_OVERHEAD)
-    return _single_regular_file(archive, max_bytes)
-
-
-async def _stat(docker: aiodocker.Docker, container_id: str) -> dict[str, Any] | None:
     try:
-        async with docker._query(
-            f"containers/{container_id}/archive", "HEAD", params={"path": RESULT_PATH}
-        ) as response:
-            header = response.headers.get("X-Docker-Container-Path-Stat", "")
-    except aiodocker.DockerError as exc:
-        if exc.status == 404:
-            return None
-        raise
-    try:
-        stat = json.loads(base64.b64decode(header))
-    except ValueError as exc:
-        raise _fail(ErrorCode.INTERNAL_ERROR, "reading the result's file status failed") from exc
-    return stat if isinstance(stat, dict) else None
-
-
-def _check_stat(stat: dict[str, Any], max_bytes: int) -> None:
-    mode = int(stat.get("mode", 0))
-    if stat.get("linkTarget"):
-        mode |= 1 << 27
-    for bit, kind in _FILE_TYPE_BITS.items():
-        if mode & bit:
-            raise _fail(
-                ErrorCode.RESULT_NOT_REGULAR_FILE, f"{RESULT_PATH} is {kind}, not a regular file"
-            )
-    if int(stat.get("size", 0)) > max_bytes:
-        raise _too_large(max_bytes)
-
-
-def _too_large(max_bytes: int) -> JobFailure:
-    return _fail(ErrorCode.RESULT_TOO_LARGE, f"{RESULT_PATH} is larger than {max_bytes} bytes")
-
-
-async def _read_capped(docker: aiodocker.Docker, container_id: str, cap: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async with docker._query(
-        f"containers/{container_id}/archive",
-        "GET",
-        params={"path": RESULT_PATH},
-        timeout=aiohttp.ClientTimeout(total=None, sock_read=None, connect=10),
-    ) as response:
-        async for chunk in response.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > cap:
-                raise _too_large(cap - _TAR_OVERHEAD)
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _single_regular_file(archive: bytes, max_bytes: int) -> bytes:
-    try:
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
-            members = tar.getmembers()
-            if len(members) != 1:
-                raise _fail(ErrorCode.RESULT_NOT_REGULAR_FILE, f"{RESULT_PATH} is not one file")
-            member = members[0]
-            if not member.isreg():
-                raise _fail(
-                    ErrorCode.RESULT_NOT_REGULAR_FILE, f"{RESULT_PATH} is not a regular file"
-                )
-            if member.size > max_bytes:
-                raise _too_large(max_bytes)
-            extracted = tar.extractfile(member)
-            data = extracted.read(max_bytes + 1) if extracted else b""
-    except tarfile.TarError as exc:
-        raise _fail(ErrorCode.RESULT_INVALID, f"{RESULT_PATH} could not be read") from exc
-    if len(data) > max_bytes:
-        raise _too_large(max_bytes)
-    return data
+        return await archive.read_file(docker, container_id, RESULT_PATH, max_bytes)
+    except archive.FileMissing as exc:
+        raise JobFailure(ErrorCode.RESULT_MISSING, f"the job did not write {RESULT_PATH}") from exc
+    except archive.ArchiveError as exc:
+        raise JobFailure(_CODES[type(exc)], str(exc)) from exc
 
 
 def _reject_constant(name: str) -> Any:
@@ -162,7 +73,7 @@ def parse_result(raw: bytes) -> JobResult:
 
 
 def _invalid(why: str) -> JobFailure:
-    return _fail(ErrorCode.RESULT_INVALID, f"{RESULT_PATH} is invalid: {why}")
+    return JobFailure(ErrorCode.RESULT_INVALID, f"{RESULT_PATH} is invalid: {why}")
 
 
 def _depth(value: Any) -> int:

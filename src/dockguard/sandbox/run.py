@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +17,6 @@ from dockguard.sandbox import names
 
 log = logging.getLogger(__name__)
 
-NOBODY = "65534:65534"
-_SAFE_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})?$")
 _LOG_LINE_CAP = 1000
 
 
@@ -40,14 +37,6 @@ class RunOutcome:
     timed_out: bool
     duration_s: float
     log_tail: list[str]
-
-
-def run_user(image_user: str | None) -> str:
-    """The image's USER when it is a plain non-root user, else nobody (65534)."""
-    user = (image_user or "").strip()
-    if not user or not _SAFE_USER.match(user) or user.split(":")[0] in ("0", "root"):
-        return NOBODY
-    return user
 
 
 def host_config(limits: RunLimits, volume: str) -> dict[str, Any]:

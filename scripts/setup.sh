@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Everything serve.sh and test.sh need on a fresh Debian machine, installed only when missing:
+# a Docker Engine (Debian's docker.io, started without systemd), redis-server, poetry, the project
+# in .venv, and the local base images. Sourced by serve.sh and test.sh; safe to run again.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { echo "setup: $*" >&2; }
+need_root() {
+  [ "$(id -u)" = 0 ] || { say "$1 is missing and installing it needs root"; exit 1; }
+}
+apt_updated=""
+apt_install() {
+  need_root "$*"
+  if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=1; fi
+  say "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Docker Engine: a reachable daemon is used as it is; otherwise install and start one.
+if ! docker info >/dev/null 2>&1; then
+  command -v dockerd >/dev/null 2>&1 || apt_install docker.io
+  need_root "a running Docker Engine"
+  say "starting dockerd (log: /var/log/dockerd.log)"
+  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  for _ in $(seq 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { say "dockerd did not start; see /var/log/dockerd.log"; exit 1; }
+fi
+
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+
+if ! command -v poetry >/dev/null 2>&1; then
+  say "installing poetry"
+  python3 -m pip install -q 'poetry>=2,<3'
+fi
+python3 scripts/poetry_simple.py install --no-interaction --quiet
+
+bash scripts/base-images.sh

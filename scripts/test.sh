@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Set up what is missing, then run the whole test suite against a real Redis (started by the
+# tests) and the real Docker Engine. Arguments go to pytest (e.g. -k happy, -x).
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,121 @@
+"""Reading one file out of a container through the Engine's archive API, treating the container's
+filesystem as hostile: the file's kind and size are checked before any byte is read, the tar is
+streamed with a byte cap (never an unbounded archive in memory), and it must hold exactly one
+regular file."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import tarfile
+from collections.abc import Mapping
+from typing import Any
+
+import aiodocker
+import aiohttp
+
+_TAR_OVERHEAD = 16 * 1024
+_FILE_TYPE_BITS = {
+    1 << 31: "a directory",
+    1 << 27: "a symbolic link",
+    1 << 26: "a device",
+    1 << 25: "a named pipe",
+    1 << 24: "a socket",
+    1 << 21: "a character device",
+    1 << 19: "not a regular file",
+}  # Go's os.FileMode type bits, as the engine reports them
+
+
+class ArchiveError(Exception):
+    """The file cannot be read safely; `str()` is a client-safe explanation."""
+
+
+class FileMissing(ArchiveError):
+    pass
+
+
+class NotRegularFile(ArchiveError):
+    pass
+
+
+class FileTooLarge(ArchiveError):
+    pass
+
+
+class UnreadableArchive(ArchiveError):
+    pass
+
+
+async def read_file(
+    docker: aiodocker.Docker, container_id: str, path: str, max_bytes: int, timeout_s: float = 30
+) -> bytes:
+    async with asyncio.timeout(timeout_s):
+        archive = await _read_capped(docker, container_id, path, max_bytes)
+    return _single_regular_file(path, archive, max_bytes)
+
+
+async def _read_capped(
+    docker: aiodocker.Docker, container_id: str, path: str, max_bytes: int
+) -> bytes:
+    """The engine sends the file's status in a header before the tar: judge it, then stream."""
+    cap = max_bytes + _TAR_OVERHEAD
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with docker._query(
+            f"containers/{container_id}/archive",
+            "GET",
+            params={"path": path},
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=None, connect=10),
+        ) as response:
+            _check_stat(path, _stat(path, response.headers), max_bytes)
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > cap:
+                    raise FileTooLarge(f"{path} is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+    except aiodocker.DockerError as exc:
+        if exc.status == 404:
+            raise FileMissing(f"{path} does not exist") from exc
+        raise
+    return b"".join(chunks)
+
+
+def _stat(path: str, headers: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        stat = json.loads(base64.b64decode(headers.get("X-Docker-Container-Path-Stat", "")))
+    except ValueError as exc:
+        raise UnreadableArchive(f"the status of {path} could not be read") from exc
+    if not isinstance(stat, dict):
+        raise UnreadableArchive(f"the status of {path} could not be read")
+    return stat
+
+
+def _check_stat(path: str, stat: dict[str, Any], max_bytes: int) -> None:
+    mode = int(stat.get("mode", 0))
+    if stat.get("linkTarget"):
+        mode |= 1 << 27
+    for bit, kind in _FILE_TYPE_BITS.items():
+        if mode & bit:
+            raise NotRegularFile(f"{path} is {kind}, not a regular file")
+    if int(stat.get("size", 0)) > max_bytes:
+        raise FileTooLarge(f"{path} is larger than {max_bytes} bytes")
+
+
+def _single_regular_file(path: str, archive: bytes, max_bytes: int) -> bytes:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+            members = tar.getmembers()
+            if len(members) != 1 or not members[0].isreg():
+                raise NotRegularFile(f"{path} is not a single regular file")
+            if members[0].size > max_bytes:
+                raise FileTooLarge(f"{path} is larger than {max_bytes} bytes")
+            extracted = tar.extractfile(members[0])
+            data = extracted.read(max_bytes + 1) if extracted else b""
+    except tarfile.TarError as exc:
+        raise UnreadableArchive(f"{path} could not be read") from exc
+    if len(data) > max_bytes:
+        raise FileTooLarge(f"{path} is larger than {max_bytes} bytes")
+    return data

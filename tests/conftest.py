@@ -1,0 +1,208 @@
+"""End-to-end fixtures: a real redis-server started for the session, the real Docker Engine, and
+dockguard itself (uvicorn + in-process arq worker) served on loopback, driven with httpx.
+
+Each settings profile (e.g. a 3 s run timeout) gets its own dockguard instance and its own Redis
+database, so instances never take each other's jobs. Every job the suite submits is remembered,
+and at the end of the session nothing labelled with any of their ids may remain in the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiodocker
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+
+from dockguard.api import create_app
+from dockguard.sandbox import names
+from dockguard.settings import Settings
+
+TERMINAL = {"succeeded", "failed", "rejected", "cancelled"}
+BASE_IMAGES = ("busybox:latest", "debian:bookworm-slim")
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@pytest.fixture(scope="session")
+def redis_port() -> Iterator[int]:
+    """A private redis-server for the whole session, on a free loopback port."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed (scripts/test.sh installs it)"
+    with _free_socket() as sock:
+        port = sock.getsockname()[1]
+    workdir = tempfile.mkdtemp(prefix="dockguard-test-redis-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir, "--databases", "32"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "redis-server did not start"
+        assert proc.poll() is None, "redis-server exited at start"
+        time.sleep(0.05)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def docker() -> AsyncIterator[aiodocker.Docker]:
+    client = aiodocker.Docker()
+    try:
+        await client.version()
+    except aiodocker.DockerError as exc:
+        pytest.fail(f"no Docker Engine reachable ({exc}); scripts/test.sh starts one")
+    for image in BASE_IMAGES:
+        try:
+            await client.images.inspect(image)
+        except aiodocker.DockerError:
+            pytest.fail(f"base image {image} is missing; scripts/base-images.sh builds it")
+    yield client
+    await client.close()
+
+
+@dataclass
+class Dockguard:
+    """One running dockguard instance and an HTTP client for it."""
+
+    client: httpx.AsyncClient
+    settings: Settings
+    submitted: list[str] = field(default_factory=list)
+
+    async def submit(
+        self, dockerfile: str | bytes, content_type: str = "text/plain"
+    ) -> httpx.Response:
+        body = dockerfile.encode() if isinstance(dockerfile, str) else dockerfile
+        response = await self.client.post(
+            "/v1/jobs", content=body, headers={"Content-Type": content_type}
+        )
+        if response.status_code == 202:
+            self.submitted.append(response.json()["id"])
+        return response
+
+    async def run(self, dockerfile: str, timeout_s: float = 120) -> dict[str, Any]:
+        """Submit and wait for the job to end; returns the final job."""
+        response = await self.submit(dockerfile)
+        assert response.status_code == 202, response.text
+        return await self.wait(response.json()["id"], timeout_s)
+
+    async def wait(self, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            response = await self.client.get(f"/v1/jobs/{job_id}")
+            assert response.status_code == 200, response.text
+            job: dict[str, Any] = response.json()
+            if job["status"] in TERMINAL:
+                return job
+            assert time.monotonic() < deadline, f"job still {job['status']} after {timeout_s} s"
+            await asyncio.sleep(0.1)
+
+
+class Instances:
+    """dockguard instances by settings profile, started on first use, stopped at session end."""
+
+    def __init__(self, redis_port: int) -> None:
+        self._redis_port = redis_port
+        self._running: dict[
+            tuple[tuple[str, Any], ...], tuple[Dockguard, uvicorn.Server, asyncio.Task[None]]
+        ] = {}
+
+    async def get(self, **overrides: Any) -> Dockguard:
+        key = repr(sorted(overrides.items()))
+        if key not in self._running:
+            self._running[key] = await self._start(len(self._running), overrides)
+        return self._running[key][0]
+
+    async def _start(
+        self, database: int, overrides: dict[str, Any]
+    ) -> tuple[Dockguard, uvicorn.Server, asyncio.Task[None]]:
+        values: dict[str, Any] = {
+            "redis_url": f"redis://127.0.0.1:{self._redis_port}/{database}",
+            "run_timeout_s": 60,
+            "build_timeout_s": 300,
+            "log_format": "text",
+        }
+        values.update(overrides)
+        settings = Settings(**values)
+        sock = _free_socket()
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(settings, run_worker=True), log_config=None, lifespan="on"
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            assert not task.done(), "dockguard did not start"
+            await asyncio.sleep(0.02)
+        client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        return Dockguard(client=client, settings=settings), server, task
+
+    def submitted(self) -> list[str]:
+        return [job for instance, _, _ in self._running.values() for job in instance.submitted]
+
+    async def stop(self) -> None:
+        for instance, server, task in self._running.values():
+            await instance.client.aclose()
+            server.should_exit = True
+            await task
+
+
+@pytest_asyncio.fixture(scope="session")
+async def instances(redis_port: int, docker: aiodocker.Docker) -> AsyncIterator[Instances]:
+    running = Instances(redis_port)
+    yield running
+    await running.stop()
+    await assert_no_leftovers(docker, running.submitted())
+
+
+@pytest_asyncio.fixture(scope="session")
+async def dockguard(instances: Instances) -> Dockguard:
+    """dockguard with default settings (but for shorter timeouts)."""
+    return await instances.get()
+
+
+async def leftovers(docker: aiodocker.Docker, job_id: str) -> list[str]:
+    """Every container, volume and image that still carries the job's label."""
+    filters = names.label_filter(job_id)
+    found = [
+        f"container {c.id[:12]}" for c in await docker.containers.list(all=True, filters=filters)
+    ]
+    volumes = await docker.volumes.list(filters=filters)
+    found += [f"volume {v['Name']}" for v in volumes.get("Volumes") or []]
+    found += [f"image {i['Id'][:19]}" for i in await docker.images.list(all=True, filters=filters)]
+    for stage in ("build", "final"):
+        try:
+            await docker.images.inspect(names.image_tag(job_id, stage))
+            found.append(f"tag {names.image_tag(job_id, stage)}")
+        except aiodocker.DockerError:
+            pass
+    return found
+
+
+async def assert_no_leftovers(docker: aiodocker.Docker, job_ids: list[str]) -> None:
+    remaining = {job: found for job in job_ids if (found := await leftovers(docker, job))}
+    assert not remaining, f"jobs left objects in the engine: {remaining}"
