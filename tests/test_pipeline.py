@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
+import uuid
 
 import aiodocker
 
@@ -174,3 +176,24 @@ async def test_identical_jobs_run_independently(
     assert len({j["build"]["image_id"] for j in jobs}) == 5  # nocache: no job shares an image
     for job_id in ids:
         assert await leftovers(docker, job_id) == []
+
+
+async def test_build_timeout_stops_the_build(
+    instances: Instances, docker: aiodocker.Docker
+) -> None:
+    quick = await instances.get(build_timeout_s=3)
+    marker = uuid.uuid4().hex
+    job = await quick.run(f"FROM busybox:latest\nUSER 1000\nRUN echo {marker} && sleep 1000\n")
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "build_timeout"
+    assert marker in "\n".join(job["build"]["log_tail"])
+    # The engine cancels a build whose client went away; its RUN container must be gone too.
+    deadline = time.monotonic() + 10
+    while True:
+        running = [
+            c for c in await docker.containers.list(all=True) if marker in c._container["Command"]
+        ]
+        if not running:
+            break
+        assert time.monotonic() < deadline, f"the timed-out build's container remains: {running}"
+        await asyncio.sleep(0.2)

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiodocker
-import aiohttp
+
+from dockguard.sandbox import http
 
 _TAR_OVERHEAD = 16 * 1024
 _FILE_TYPE_BITS = {
@@ -64,11 +65,8 @@ async def _read_capped(
     chunks: list[bytes] = []
     size = 0
     try:
-        async with docker._query(
-            f"containers/{container_id}/archive",
-            "GET",
-            params={"path": path},
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=None, connect=10),
+        async with http.stream(
+            docker, f"containers/{container_id}/archive", "GET", params={"path": path}
         ) as response:
             _check_stat(path, _stat(path, response.headers), max_bytes)
             async for chunk in response.content.iter_chunked(64 * 1024):

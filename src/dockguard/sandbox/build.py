@@ -13,10 +13,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import aiodocker
-import aiohttp
 
 from dockguard.errors import ErrorCode, JobFailure
-from dockguard.sandbox import names
+from dockguard.sandbox import http, names
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +153,13 @@ class Builder:
         return list(progress.tail)[-self._log_tail_lines :] if self._log_tail_lines else []
 
     async def _stream(self, params: dict[str, str], body: bytes, progress: _Progress) -> None:
-        async with self._docker._query(
+        async with http.stream(
+            self._docker,
             "build",
             "POST",
             params=params,
             data=body,
             headers={"Content-Type": "application/x-tar"},
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=None, connect=10),
         ) as response:
             buffer = b""
             async for chunk in response.content.iter_any():
