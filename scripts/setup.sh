@@ -29,10 +29,13 @@ fi
 
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 
-if ! command -v poetry >/dev/null 2>&1; then
-  say "installing poetry"
-  python3 -m pip install -q 'poetry>=2,<3'
+# poetry lives in its own venv under .tools/, so the system Python is never modified.
+if [ ! -x .tools/poetry/bin/python ] || ! .tools/poetry/bin/python -c "import poetry" 2>/dev/null; then
+  python3 -c "import venv, ensurepip" 2>/dev/null || apt_install python3-venv
+  say "installing poetry into .tools/poetry"
+  python3 -m venv .tools/poetry
+  .tools/poetry/bin/python -m pip install -q 'poetry>=2,<3'
 fi
-python3 scripts/poetry_simple.py install --no-interaction --quiet
+.tools/poetry/bin/python scripts/poetry_simple.py install --no-interaction --quiet
 
 bash scripts/base-images.sh

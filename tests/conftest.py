@@ -25,6 +25,7 @@ import uvicorn
 
 from dockguard.api import create_app
 from dockguard.sandbox import names
+from dockguard.services import Services
 from dockguard.settings import Settings
 
 TERMINAL = {"succeeded", "failed", "rejected", "cancelled"}
@@ -91,6 +92,7 @@ class Dockguard:
 
     client: httpx.AsyncClient
     settings: Settings
+    services: Services
     submitted: list[str] = field(default_factory=list)
 
     async def submit(
@@ -150,16 +152,19 @@ class Instances:
         settings = Settings(**values)
         sock = _free_socket()
         port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(settings, run_worker=True), log_config=None, lifespan="on"
-        )
+        app = create_app(settings, run_worker=True)
+        config = uvicorn.Config(app, log_config=None, lifespan="on")
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             assert not task.done(), "dockguard did not start"
             await asyncio.sleep(0.02)
         client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        return Dockguard(client=client, settings=settings), server, task
+        return (
+            Dockguard(client=client, settings=settings, services=app.state.services),
+            server,
+            task,
+        )
 
     def submitted(self) -> list[str]:
         return [job for instance, _, _ in self._running.values() for job in instance.submitted]

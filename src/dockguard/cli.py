@@ -13,6 +13,7 @@ from typing import Annotated
 import httpx
 import typer
 import uvicorn
+from pydantic import ValidationError
 
 from dockguard import logs
 from dockguard.embedded_redis import EmbeddedRedisError, embedded_redis
@@ -22,7 +23,15 @@ app = typer.Typer(help="Scan, build and run untrusted Dockerfiles in a hardened 
 
 
 def _settings() -> Settings:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"DOCKGUARD_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        typer.echo(f"dockguard: invalid configuration: {problems}", err=True)
+        raise typer.Exit(2) from None
     logs.configure(settings.log_level, settings.log_format)
     return settings
 

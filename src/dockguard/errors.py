@@ -5,6 +5,8 @@
     │     dockerfile_empty, dockerfile_encoding, dockerfile_invalid, dockerfile_too_large,
     │     unsupported_media_type, request_invalid
     ├── JobNotFound                job_not_found (404)
+    │   (the API also answers not_found 404, method_not_allowed 405, service_unavailable 503
+    │    and internal_error 500 as problem documents; see api/problems.py)
     └── JobFailure                 a job ended as `failed` or `rejected`; recorded in `Job.error`
           dockerfile_rejected, scanner_failed, build_failed, build_timeout, run_timeout, run_oom,
           run_nonzero_exit, result_missing, result_invalid, result_too_large,

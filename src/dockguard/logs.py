@@ -17,8 +17,11 @@ _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.job_id = job_id_var.get()
-        record.request_id = request_id_var.get()
+        # An explicit `extra={"job_id": …}` wins over the context (the API logs jobs it creates).
+        if getattr(record, "job_id", None) is None:
+            record.job_id = job_id_var.get()
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id_var.get()
         return True
 
 

@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dockguard.errors import DockguardError, ErrorCode
@@ -22,7 +24,7 @@ PROBLEM_JSON = "application/problem+json"
 
 def problem_response(status: int, code: str, detail: str) -> JSONResponse:
     problem = Problem(
-        type=f"https://dockguard.dev/errors/{code}",
+        type=f"urn:dockguard:error:{code}",
         title=HTTPStatus(status).phrase,
         status=status,
         detail=detail,
@@ -67,6 +69,14 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, ErrorCode.REQUEST_INVALID)
         return problem_response(exc.status_code, code.value, str(exc.detail))
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
+        log.error("redis unavailable", extra={"why": repr(exc)[:300]})
+        return problem_response(
+            503, ErrorCode.SERVICE_UNAVAILABLE.value, "the job store is unavailable; try again"
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

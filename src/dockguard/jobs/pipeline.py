@@ -109,7 +109,7 @@ class _Pipeline:
         return await self.run(prepared)
 
     async def scan(self, dockerfile: str) -> None:
-        await self.update(lambda job: setattr(job, "status", JobStatus.SCANNING))
+        await self.update(lambda job: _advance(job, JobStatus.SCANNING))
         scanner = self.services.scanner
         outcome = await scanner.scan_dockerfile(dockerfile)
         report = evaluate(
@@ -128,7 +128,7 @@ class _Pipeline:
             raise JobFailure(ErrorCode.DOCKERFILE_REJECTED, _rejection(report), rejected=True)
 
     async def build(self, dockerfile: str) -> Prepared:
-        await self.update(lambda job: setattr(job, "status", JobStatus.BUILDING))
+        await self.update(lambda job: _advance(job, JobStatus.BUILDING))
         limits = BuildLimits(
             timeout_s=self.settings.build_timeout_s,
             memory_mb=self.settings.build_memory_mb,
@@ -150,7 +150,12 @@ class _Pipeline:
             )
 
         await self.update(record)
-        return await self.services.sandbox.prepare(self.job_id, outcome.image_id, limits)
+        try:
+            return await self.services.sandbox.prepare(self.job_id, outcome.image_id, limits)
+        except BuildFailure as failure:
+            tail = outcome.log_tail + failure.log_tail
+            await self.update(lambda job: setattr(job.build, "log_tail", tail))
+            raise
 
     async def run(self, prepared: Prepared) -> JobResult:
         settings = self.settings
@@ -170,7 +175,7 @@ class _Pipeline:
         )
 
         def start(job: Job) -> None:
-            job.status = JobStatus.RUNNING
+            _advance(job, JobStatus.RUNNING)
             job.run = RunInfo(limits=recorded_limits)
 
         await self.update(start)
@@ -192,6 +197,12 @@ class _Pipeline:
             raise failure
         raw = await sandbox.fetch_result(outcome.container_id, settings.result_max_bytes)
         return parse_result(raw)
+
+
+def _advance(job: Job, status: JobStatus) -> None:
+    """Move to `status` unless a retried attempt's job has been there or further already."""
+    if status.rank > job.status.rank:
+        job.status = status
 
 
 def _rejection(report: ScanReport) -> str:

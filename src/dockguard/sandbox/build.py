@@ -23,11 +23,11 @@ _STEP = re.compile(r"^Step \d+/\d+ : (\w+)")
 _LAYER = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 _RUN_EXIT = re.compile(r"returned a non-zero code: (\d+)")
 _MISSING_BASE = re.compile(
-    r"pull access denied|repository does not exist|manifest unknown|not found|no such image",
-    re.IGNORECASE,
+    r"pull access denied|repository does not exist|manifest unknown", re.IGNORECASE
 )
 _INFRASTRUCTURE = re.compile(r"://|\b\d{1,3}(?:\.\d{1,3}){3}\b|dial tcp|lookup ")
 _LINE_CAP = 1000
+_LAYER_REMOVAL_TIMEOUT_S = 10
 _STREAM_LINE_LIMIT = 1 << 20
 
 
@@ -176,15 +176,30 @@ class Builder:
                 progress.feed(_decode(buffer))
 
     async def _remove_layers(self, layers: list[str]) -> None:
-        """Remove the intermediate images a failed build left, newest first; never force."""
+        """Remove the intermediate images a failed build left, newest first; never force.
+
+        The engine reports a failed step before it removes the step's container (`forcerm`), and
+        an image still used by a container cannot be removed: on a conflict, retry briefly."""
         for layer in reversed(layers):
             try:
-                async with asyncio.timeout(30):
-                    image = await self._docker.images.inspect(layer)
-                    if not image.get("RepoTags"):
-                        await self._docker.images.delete(layer, force=False)
+                async with asyncio.timeout(_LAYER_REMOVAL_TIMEOUT_S):
+                    await self._remove_layer(layer)
             except (aiodocker.DockerError, TimeoutError) as exc:
-                log.info("could not remove build layer", extra={"layer": layer, "why": str(exc)})
+                log.warning("could not remove build layer", extra={"layer": layer, "why": str(exc)})
+
+    async def _remove_layer(self, layer: str) -> None:
+        while True:
+            try:
+                image = await self._docker.images.inspect(layer)
+                if not image.get("RepoTags"):
+                    await self._docker.images.delete(layer, force=False)
+                return
+            except aiodocker.DockerError as exc:
+                if exc.status == 404:
+                    return
+                if exc.status != 409:
+                    raise
+            await asyncio.sleep(0.1)
 
 
 def _decode(line: bytes) -> dict[str, object]:
@@ -217,6 +232,11 @@ def _build_error_message(error: str, step: str) -> str:
         return f"a RUN instruction exited with status {match.group(1)} (see build.log_tail)"
     if step == "FROM" or _MISSING_BASE.search(error):
         return "a base image is not available on this engine and could not be pulled"
+    if step in ("COPY", "ADD"):
+        return (
+            f"a {step} instruction failed: the build context holds only the Dockerfile "
+            "(see build.log_tail)"
+        )
     return "the build failed (see build.log_tail)"
 
 

@@ -13,9 +13,8 @@ import aiodocker
 import aiohttp
 from aiodocker.volumes import DockerVolume
 
-from dockguard.errors import ErrorCode, JobFailure
 from dockguard.sandbox import names
-from dockguard.sandbox.build import Builder, BuildLimits, BuildOutcome
+from dockguard.sandbox.build import Builder, BuildFailure, BuildLimits, BuildOutcome
 from dockguard.sandbox.result import fetch_result
 from dockguard.sandbox.run import RunLimits, Runner, RunOutcome
 from dockguard.sandbox.users import resolve_run_user
@@ -81,9 +80,9 @@ class Sandbox:
                 finalize,
                 context=context.getvalue(),
             )
-        except JobFailure as exc:
-            raise JobFailure(
-                ErrorCode.BUILD_FAILED, f"preparing the image's /data failed: {exc.message}"
+        except BuildFailure as exc:
+            raise BuildFailure(
+                exc.code, f"preparing the image's /data failed: {exc.message}", exc.log_tail
             ) from exc
         return Prepared(image_id=outcome.image_id, user=user)
 

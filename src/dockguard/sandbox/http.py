@@ -1,6 +1,6 @@
 """Raw Engine API requests for what aiodocker does not cover (build parameters, streamed
-archives), with the response always released on exit: aiodocker's `_query` leaves that to the caller, and
-an abandoned build only stops when its connection closes."""
+archives), with the response always released on exit: aiodocker's `_query` leaves that to the
+caller, and an abandoned build only stops when its connection closes."""
 
 from __future__ import annotations
 

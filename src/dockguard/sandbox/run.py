@@ -40,7 +40,7 @@ class RunOutcome:
 
 
 def host_config(limits: RunLimits, volume: str) -> dict[str, Any]:
-    """The sandbox, as Engine API HostConfig fields. SECURITY.md/README explain each line."""
+    """The sandbox, as Engine API HostConfig fields. README's security model explains each line."""
     memory = limits.memory_mb * 1024 * 1024
     return {
         "NetworkMode": "none",
