@@ -8,6 +8,7 @@ and at the end of the session nothing labelled with any of their ids may remain 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,8 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -27,6 +30,7 @@ from dockguard.api import create_app
 from dockguard.sandbox import names
 from dockguard.services import Services
 from dockguard.settings import Settings
+from tests.trivydb import Vulnerability, write_db
 
 TERMINAL = {"succeeded", "failed", "rejected", "cancelled"}
 BASE_IMAGES = ("busybox:latest", "debian:bookworm-slim")
@@ -127,8 +131,9 @@ class Dockguard:
 class Instances:
     """dockguard instances by settings profile, started on first use, stopped at session end."""
 
-    def __init__(self, redis_port: int) -> None:
+    def __init__(self, redis_port: int, trivy_db: Path) -> None:
         self._redis_port = redis_port
+        self._trivy_db = trivy_db
         self._running: dict[
             tuple[tuple[str, Any], ...], tuple[Dockguard, uvicorn.Server, asyncio.Task[None]]
         ] = {}
@@ -147,6 +152,8 @@ class Instances:
             "run_timeout_s": 60,
             "build_timeout_s": 300,
             "log_format": "text",
+            "scanner_cache_dir": str(self._trivy_db),
+            "scanner_db_refresh_h": 0,  # nothing can be downloaded here
         }
         values.update(overrides)
         settings = Settings(**values)
@@ -176,9 +183,42 @@ class Instances:
             await task
 
 
+VULNERABLE = Vulnerability(
+    id="CVE-2099-0001",
+    package="dgtest",
+    fixed_version="1.0-2",
+    severity="HIGH",
+    title="dgtest: a made-up flaw",
+)
+UNFIXED = Vulnerability(
+    id="CVE-2099-0002", package="dgunfixed", fixed_version="", severity="CRITICAL", title="no fix"
+)
+
+
+def make_trivy_db(parent: Path, name: str, *, age: timedelta) -> Path:
+    """A vulnerability DB (see tests/trivydb.py) whose UpdatedAt is `age` ago."""
+    cache = parent / name
+    write_db(cache, [VULNERABLE, UNFIXED], updated_at=datetime.now(UTC) - age)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def trivy_dbs() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="dockguard-test-trivy-") as parent:
+        os.chmod(parent, 0o755)  # the container backend's non-root scanner reads it
+        yield Path(parent)
+
+
+@pytest.fixture(scope="session")
+def trivy_db(trivy_dbs: Path) -> Path:
+    return make_trivy_db(trivy_dbs, "fresh", age=timedelta(hours=1))
+
+
 @pytest_asyncio.fixture(scope="session")
-async def instances(redis_port: int, docker: aiodocker.Docker) -> AsyncIterator[Instances]:
-    running = Instances(redis_port)
+async def instances(
+    redis_port: int, docker: aiodocker.Docker, trivy_db: Path
+) -> AsyncIterator[Instances]:
+    running = Instances(redis_port, trivy_db)
     yield running
     await running.stop()
     await assert_no_leftovers(docker, running.submitted())

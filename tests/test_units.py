@@ -8,10 +8,10 @@ import pytest
 
 from dockguard import dockerfile
 from dockguard.errors import ErrorCode, JobFailure, SubmissionError
-from dockguard.models import Finding, ScannerInfo
+from dockguard.models import Finding, ScannerInfo, ScanPolicy
 from dockguard.sandbox import parse_result
 from dockguard.scanning.policy import check_key, evaluate
-from dockguard.scanning.trivy import parse_config_report
+from dockguard.scanning.report import parse_config_report, parse_image_report, parse_version
 from dockguard.settings import Severity
 
 
@@ -94,32 +94,67 @@ def finding(check: str, severity: Severity, line: int | None = None) -> Finding:
     return Finding(id=check, severity=severity, title="t", message="m", line=line)
 
 
+def policy(*fail_on: Severity, ignore: tuple[str, ...] = (), unfixed: bool = False) -> ScanPolicy:
+    return ScanPolicy(fail_on=list(fail_on), ignore=list(ignore), ignore_unfixed=unfixed)
+
+
 def test_policy_fails_on_configured_severities_only() -> None:
     findings = [finding("DS-0001", Severity.MEDIUM, 1), finding("DS-0002", Severity.HIGH, 2)]
-    strict = evaluate(findings, fail_on=[Severity.HIGH], ignore=[], scanner=SCANNER, duration_s=1)
+    strict = evaluate(findings, policy=policy(Severity.HIGH), scanner=SCANNER, duration_s=1)
     assert strict.passed is False
     assert strict.summary[Severity.HIGH] == 1 and strict.summary[Severity.MEDIUM] == 1
     assert [f.id for f in strict.findings] == ["DS-0002", "DS-0001"]  # most severe first
-    lenient = evaluate(
-        findings, fail_on=[Severity.CRITICAL], ignore=[], scanner=SCANNER, duration_s=1
-    )
+    lenient = evaluate(findings, policy=policy(Severity.CRITICAL), scanner=SCANNER, duration_s=1)
     assert lenient.passed is True
 
 
 def test_policy_ignore_list_accepts_both_id_spellings() -> None:
     assert check_key("DS002") == check_key("ds-0002") == "DS-0002"
+    assert check_key("cve-2024-1234") == "CVE-2024-1234"
     report = evaluate(
         [finding("DS-0002", Severity.HIGH)],
-        fail_on=[Severity.HIGH],
-        ignore=["DS002"],
+        policy=policy(Severity.HIGH, ignore=("DS002",)),
         scanner=SCANNER,
         duration_s=1,
     )
     assert report.passed is True and report.findings[0].ignored is True
 
 
+def test_policy_ignore_unfixed_applies_to_vulnerabilities_without_a_fix() -> None:
+    unfixed = Finding(id="CVE-1", severity=Severity.HIGH, title="t", package="p")
+    fixed = Finding(id="CVE-2", severity=Severity.LOW, title="t", package="p", fixed_version="2")
+    report = evaluate(
+        [unfixed, fixed], policy=policy(Severity.HIGH, unfixed=True), scanner=SCANNER, duration_s=1
+    )
+    assert report.passed is True
+    assert [(f.id, f.ignored) for f in report.findings] == [("CVE-1", True), ("CVE-2", False)]
+
+
+def test_image_report_parsing() -> None:
+    vuln = {"VulnerabilityID": "CVE-1", "PkgName": "p", "InstalledVersion": "1",
+            "FixedVersion": "2", "Severity": "CRITICAL", "Title": "t"}  # fmt: skip
+    raw = json.dumps({"SchemaVersion": 2, "Results": [{"Vulnerabilities": [vuln, vuln]}]})
+    [found] = parse_image_report(raw.encode())  # duplicates are one finding
+    assert (found.id, found.package, found.installed_version, found.fixed_version) == (
+        "CVE-1", "p", "1", "2",
+    )  # fmt: skip
+    assert parse_image_report(b'{"SchemaVersion": 2}') == []  # an image with no OS
+    with pytest.raises(JobFailure):
+        parse_image_report(b'{"SchemaVersion": 2, "Results": [{"Vulnerabilities": [{}]}]}')
+
+
+def test_version_parsing() -> None:
+    assert parse_version(b'{"Version": "0.76.0"}') == ("0.76.0", None)
+    version, db = parse_version(
+        b'{"Version": "0.76.0", "VulnerabilityDB": {"Version": 2, '
+        b'"UpdatedAt": "2025-01-02T03:04:05Z", "NextUpdate": "2025-01-03T03:04:05Z"}}'
+    )
+    assert version == "0.76.0" and db is not None and db.updated_at.year == 2025
+
+
 def test_trivy_report_parsing() -> None:
     report = {
+        "SchemaVersion": 2,
         "Results": [
             {
                 "Misconfigurations": [

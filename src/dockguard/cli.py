@@ -97,6 +97,55 @@ def worker_command() -> None:
     asyncio.run(main())
 
 
+scanner_app = typer.Typer(help="The Trivy scanner and its vulnerability DB.")
+app.add_typer(scanner_app, name="scanner")
+
+
+def _with_scanner(settings: Settings, action: str) -> None:
+    """Run one scanner action with a Docker client and (for the scan cache) no Redis needed."""
+    from dockguard.errors import JobFailure
+    from dockguard.sandbox import connect
+    from dockguard.scanning import Scanner
+    from dockguard.services import trivy_backend
+    from dockguard.store.scan_cache import ScanCache
+
+    async def main() -> None:
+        docker = connect(settings.docker_url, settings.docker_timeout_s)
+        try:
+            scanner = Scanner(trivy_backend(settings, docker), settings, docker, _NoCache())
+            if action == "update-db":
+                db = await scanner.update_db()
+                typer.echo(f"vulnerability DB updated: {db.model_dump_json()}")
+            status = await scanner.status()
+            typer.echo(status.model_dump_json(indent=2))
+            if not status.db_usable:
+                raise typer.Exit(1)
+        except JobFailure as failure:
+            typer.echo(f"dockguard: {failure.message}", err=True)
+            raise typer.Exit(1) from failure
+        finally:
+            await docker.close()
+
+    class _NoCache(ScanCache):
+        def __init__(self) -> None:
+            super().__init__(None, 0)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
+@scanner_app.command("status")
+def scanner_status() -> None:
+    """Print the scanner, its DB and whether image scans can run (exit 1 if they cannot)."""
+    _with_scanner(_settings(), "status")
+
+
+@scanner_app.command("update-db")
+def scanner_update_db() -> None:
+    """Download a fresh vulnerability DB into DOCKGUARD_SCANNER_CACHE_DIR (needs network, or
+    DOCKGUARD_SCANNER_DB_REPOSITORY pointing at a reachable mirror)."""
+    _with_scanner(_settings(), "update-db")
+
+
 @app.command()
 def submit(
     dockerfile: Annotated[Path, typer.Argument(help="Dockerfile to submit ('-' for stdin).")],

@@ -5,10 +5,12 @@
     │     dockerfile_empty, dockerfile_encoding, dockerfile_invalid, dockerfile_too_large,
     │     unsupported_media_type, request_invalid
     ├── JobNotFound                job_not_found (404)
-    │   (the API also answers not_found 404, method_not_allowed 405, service_unavailable 503
-    │    and internal_error 500 as problem documents; see api/problems.py)
+    ├── ServiceUnavailable         service_unavailable (503): a dependency cannot answer
+    │   (the API also answers not_found 404, method_not_allowed 405 and internal_error 500 as
+    │    problem documents; see api/problems.py)
     └── JobFailure                 a job ended as `failed` or `rejected`; recorded in `Job.error`
-          dockerfile_rejected, scanner_failed, build_failed, build_timeout, run_timeout, run_oom,
+          dockerfile_rejected, image_rejected, scanner_failed, scanner_db_stale,
+          scanner_db_missing, scanner_untrusted, build_failed, build_timeout, run_timeout, run_oom,
           run_nonzero_exit, result_missing, result_invalid, result_too_large,
           result_not_regular_file, internal_error
 
@@ -34,7 +36,11 @@ class ErrorCode(StrEnum):
     JOB_NOT_FOUND = "job_not_found"
     SERVICE_UNAVAILABLE = "service_unavailable"
     DOCKERFILE_REJECTED = "dockerfile_rejected"
+    IMAGE_REJECTED = "image_rejected"
     SCANNER_FAILED = "scanner_failed"
+    SCANNER_DB_STALE = "scanner_db_stale"
+    SCANNER_DB_MISSING = "scanner_db_missing"
+    SCANNER_UNTRUSTED = "scanner_untrusted"
     BUILD_FAILED = "build_failed"
     BUILD_TIMEOUT = "build_timeout"
     RUN_TIMEOUT = "run_timeout"
@@ -71,6 +77,13 @@ class JobNotFound(DockguardError):
 
     def __init__(self, job_id: str) -> None:
         super().__init__(ErrorCode.JOB_NOT_FOUND, f"no job with id {job_id!r} (unknown or expired)")
+
+
+class ServiceUnavailable(DockguardError):
+    http_status = 503
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.SERVICE_UNAVAILABLE, message)
 
 
 class JobFailure(DockguardError):

@@ -47,22 +47,37 @@ class ErrorInfo(BaseModel):
 
 
 class Finding(BaseModel):
-    id: str = Field(description="Scanner check id, e.g. `DS-0002`.")
+    id: str = Field(description="Check id (`DS-0002`) or vulnerability id (`CVE-2024-1234`).")
     severity: Severity
     title: str
-    message: str
+    message: str = ""
     line: int | None = Field(None, description="First Dockerfile line the finding is about.")
-    ignored: bool = Field(False, description="True when the policy's ignore list names this check.")
+    package: str | None = Field(None, description="Vulnerable package (image scans).")
+    installed_version: str | None = None
+    fixed_version: str | None = Field(None, description="First fixed version; null: no fix yet.")
+    ignored: bool = Field(False, description="True when the policy says this finding never fails.")
 
 
 class ScannerInfo(BaseModel):
     name: str = "trivy"
     version: str
+    backend: str = Field("local", description="`local` (subprocess) or `container`.")
+    image: str | None = Field(None, description="The verified scanner image id (container).")
+
+
+class DbMetadata(BaseModel):
+    """Trivy's vulnerability DB, as its metadata.json describes it."""
+
+    version: int
+    updated_at: datetime
+    next_update: datetime | None = None
+    downloaded_at: datetime | None = None
 
 
 class ScanPolicy(BaseModel):
     fail_on: list[Severity] = Field(description="Severities that make the scan fail.")
-    ignore: list[str] = Field(description="Check ids that never make the scan fail.")
+    ignore: list[str] = Field(description="Check or vulnerability ids that never fail a scan.")
+    ignore_unfixed: bool = Field(False, description="Vulnerabilities without a fix never fail.")
 
 
 class ScanReport(BaseModel):
@@ -71,11 +86,27 @@ class ScanReport(BaseModel):
     findings: list[Finding]
     policy: ScanPolicy
     scanner: ScannerInfo
+    db: DbMetadata | None = Field(None, description="The vulnerability DB used (image scans).")
+    cached: bool = Field(False, description="True when the findings came from the scan cache.")
     duration_s: float
 
 
 class ScanResults(BaseModel):
     dockerfile: ScanReport | None = None
+    image: ScanReport | None = Field(
+        None, description="Vulnerabilities of the built image; null when image scans are off."
+    )
+
+
+class ScannerStatus(BaseModel):
+    """What `GET /v1/scanner` answers: the scanner, its DB and whether the DB is usable."""
+
+    scanner: ScannerInfo
+    db: DbMetadata | None
+    db_age_h: float | None
+    db_max_age_h: float
+    db_usable: bool
+    problem: str | None = Field(None, description="Why image scans would fail now, if they would.")
 
 
 class BuildInfo(BaseModel):

@@ -7,14 +7,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import aiodocker
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 
 from dockguard.sandbox import Sandbox, connect
-from dockguard.scanning import TrivyScanner
-from dockguard.scanning.trivy import find_trivy
+from dockguard.scanning import ContainerTrivy, LocalTrivy, Scanner, TrivyBackend, find_trivy
 from dockguard.settings import Settings
 from dockguard.store import JobStore
+from dockguard.store.scan_cache import ScanCache
 
 QUEUE_NAME = "dockguard:queue"
 
@@ -36,12 +37,22 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
+def trivy_backend(settings: Settings, docker: aiodocker.Docker) -> TrivyBackend:
+    if settings.scanner_backend == "local":
+        return LocalTrivy(find_trivy(settings.trivy_binary), settings.scanner_cache_dir)
+    if settings.trivy_image is None:
+        raise ValueError("DOCKGUARD_SCANNER_BACKEND=container needs DOCKGUARD_TRIVY_IMAGE")
+    return ContainerTrivy(
+        docker, settings.trivy_image, settings.scanner_cache_dir, settings.scanner_memory_mb
+    )
+
+
 @dataclass
 class Services:
     settings: Settings
     redis: ArqRedis
     store: JobStore
-    scanner: TrivyScanner
+    scanner: Scanner
     sandbox: Sandbox
 
     @classmethod
@@ -55,11 +66,17 @@ class Services:
             default_queue_name=QUEUE_NAME,
         )
         docker = connect(settings.docker_url, settings.docker_timeout_s)
+        scanner = Scanner(
+            trivy_backend(settings, docker),
+            settings,
+            docker,
+            ScanCache(redis, settings.scan_cache_ttl_s),
+        )
         return cls(
             settings=settings,
             redis=redis,
             store=JobStore(redis, settings.job_ttl_s),
-            scanner=TrivyScanner(find_trivy(settings.trivy_binary), settings.scanner_timeout_s),
+            scanner=scanner,
             sandbox=Sandbox(docker, settings.log_tail_lines),
         )
 

@@ -4,6 +4,8 @@ this class by a test, so a setting cannot go undocumented."""
 
 from __future__ import annotations
 
+import os
+import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -20,6 +22,7 @@ class Severity(StrEnum):
 
 
 CommaList = Annotated[list[str], NoDecode]
+_PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 
 
 class Settings(BaseSettings):
@@ -39,11 +42,25 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(86400, ge=1)
     max_dockerfile_bytes: int = Field(65536, ge=1)
 
-    # Dockerfile scan
+    # Scans: policy
     scan_fail_on: Annotated[list[Severity], NoDecode] = [Severity.HIGH, Severity.CRITICAL]
     scan_ignore: CommaList = []
-    scanner_timeout_s: float = Field(120.0, gt=0)
+    scan_ignore_unfixed: bool = False
+    scan_image: bool = True
+    scan_cache_ttl_s: int = Field(7 * 86400, ge=0)
+    scan_image_max_mb: int = Field(4096, ge=1)
+
+    # Scanner (Trivy)
+    scanner_backend: Literal["local", "container"] = "local"
+    scanner_timeout_s: float = Field(300.0, gt=0)
+    scanner_memory_mb: int = Field(2048, ge=128)
+    scanner_cache_dir: str = "~/.cache/dockguard/trivy"
+    scanner_db_max_age_h: float = Field(48.0, gt=0)
+    scanner_allow_stale_db: bool = False
+    scanner_db_repository: str | None = None
+    scanner_db_refresh_h: float = Field(6.0, ge=0)
     trivy_binary: str | None = None
+    trivy_image: str | None = None
 
     # Build
     build_timeout_s: float = Field(600.0, gt=0)
@@ -59,6 +76,18 @@ class Settings(BaseSettings):
     run_tmpfs_mb: int = Field(64, ge=1)
     result_max_bytes: int = Field(65536, ge=64)
     log_tail_lines: int = Field(50, ge=0)
+
+    @field_validator("scanner_cache_dir")
+    @classmethod
+    def _expand_home(cls, value: str) -> str:
+        return os.path.expanduser(value) if value.startswith("~") else value
+
+    @field_validator("trivy_image")
+    @classmethod
+    def _pinned(cls, value: str | None) -> str | None:
+        if value is not None and not _PINNED.match(value):
+            raise ValueError("must be pinned by digest: IMAGE@sha256:<64 hex digits>")
+        return value
 
     @field_validator("scan_fail_on", "scan_ignore", mode="before")
     @classmethod

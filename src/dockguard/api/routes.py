@@ -13,9 +13,15 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from dockguard import dockerfile as dockerfile_parser
-from dockguard.errors import ErrorCode, JobNotFound, SubmissionError
+from dockguard.errors import (
+    ErrorCode,
+    JobFailure,
+    JobNotFound,
+    ServiceUnavailable,
+    SubmissionError,
+)
 from dockguard.jobs.worker import TASK
-from dockguard.models import Job, SubmitRequest
+from dockguard.models import Job, ScannerStatus, SubmitRequest
 from dockguard.services import Services
 
 from .problems import problem_response, problem_responses
@@ -132,6 +138,23 @@ async def get_job(job_id: str, services: ServicesDep) -> Job:
     if job is None:
         raise JobNotFound(job_id[:64])
     return job
+
+
+@router.get(
+    "/v1/scanner",
+    response_model=ScannerStatus,
+    summary="The scanner and its vulnerability DB",
+    description=(
+        "Scanner version and backend, the verified scanner image (container backend), the DB's "
+        "metadata and age, and whether image scans can run now (`db_usable`)."
+    ),
+    responses=problem_responses(503),
+)
+async def scanner_status(services: ServicesDep) -> ScannerStatus:
+    try:
+        return await services.scanner.status()
+    except JobFailure as failure:
+        raise ServiceUnavailable(failure.message) from failure
 
 
 @router.get("/healthz", summary="Liveness: the process is up")

@@ -15,6 +15,7 @@ from dockguard.logs import job_id_var
 from dockguard.models import (
     BuildInfo,
     ErrorInfo,
+    Finding,
     Job,
     JobResult,
     JobStatus,
@@ -25,7 +26,6 @@ from dockguard.models import (
 from dockguard.sandbox import BuildLimits, Prepared, outcome_failure, parse_result
 from dockguard.sandbox import RunLimits as SandboxRunLimits
 from dockguard.sandbox.build import BuildFailure
-from dockguard.scanning import evaluate
 from dockguard.services import Services
 from dockguard.store import StaleUpdate
 
@@ -110,22 +110,29 @@ class _Pipeline:
 
     async def scan(self, dockerfile: str) -> None:
         await self.update(lambda job: _advance(job, JobStatus.SCANNING))
-        scanner = self.services.scanner
-        outcome = await scanner.scan_dockerfile(dockerfile)
-        report = evaluate(
-            outcome.findings,
-            fail_on=self.settings.scan_fail_on,
-            ignore=self.settings.scan_ignore,
-            scanner=await scanner.info(),
-            duration_s=outcome.duration_s,
-        )
+        report = await self.services.scanner.scan_dockerfile(dockerfile, self.job_id)
 
         def record(job: Job) -> None:
             job.scan.dockerfile = report
 
         await self.update(record)
         if not report.passed:
-            raise JobFailure(ErrorCode.DOCKERFILE_REJECTED, _rejection(report), rejected=True)
+            raise JobFailure(
+                ErrorCode.DOCKERFILE_REJECTED, _rejection("Dockerfile", report), rejected=True
+            )
+
+    async def scan_image(self, image_id: str) -> None:
+        """The built image's vulnerabilities, before anything of it runs."""
+        if not self.settings.scan_image:
+            return
+        report = await self.services.scanner.scan_image(image_id, self.job_id)
+
+        def record(job: Job) -> None:
+            job.scan.image = report
+
+        await self.update(record)
+        if not report.passed:
+            raise JobFailure(ErrorCode.IMAGE_REJECTED, _rejection("image", report), rejected=True)
 
     async def build(self, dockerfile: str) -> Prepared:
         await self.update(lambda job: _advance(job, JobStatus.BUILDING))
@@ -150,6 +157,7 @@ class _Pipeline:
             )
 
         await self.update(record)
+        await self.scan_image(outcome.image_id)
         try:
             return await self.services.sandbox.prepare(self.job_id, outcome.image_id, limits)
         except BuildFailure as failure:
@@ -205,11 +213,16 @@ def _advance(job: Job, status: JobStatus) -> None:
         job.status = status
 
 
-def _rejection(report: ScanReport) -> str:
+def _rejection(target: str, report: ScanReport) -> str:
     failing = [f for f in report.findings if f.severity in report.policy.fail_on and not f.ignored]
-    shown = ", ".join(
-        f"{f.id} ({f.severity.value}{f', line {f.line}' if f.line else ''}): {f.title}"
-        for f in failing[:5]
-    )
+    shown = ", ".join(_describe(f) for f in failing[:5])
     more = f" and {len(failing) - 5} more" if len(failing) > 5 else ""
-    return f"the Dockerfile scan failed the policy: {shown}{more}"
+    return f"the {target} scan failed the policy: {shown}{more}"
+
+
+def _describe(finding: Finding) -> str:
+    where = f", line {finding.line}" if finding.line else ""
+    if finding.package:
+        fix = f"fixed in {finding.fixed_version}" if finding.fixed_version else "no fix yet"
+        where = f", {finding.package} {finding.installed_version}, {fix}"
+    return f"{finding.id} ({finding.severity.value}{where}): {finding.title}"

@@ -7,6 +7,7 @@ from typing import Any
 
 from arq import Worker, func
 
+from dockguard.jobs.dbrefresh import refresh_cron
 from dockguard.jobs.pipeline import run_job
 from dockguard.services import QUEUE_NAME, Services, deserialize, serialize
 
@@ -21,12 +22,13 @@ async def _task(ctx: dict[str, Any], job_id: str) -> str:
 def job_timeout_s(services: Services) -> float:
     """Longer than every step's own timeout together, so a step's timeout always fires first."""
     s = services.settings
-    return s.scanner_timeout_s + 2 * s.build_timeout_s + s.run_timeout_s + 300
+    return 3 * s.scanner_timeout_s + 2 * s.build_timeout_s + s.run_timeout_s + 300
 
 
 def create_worker(services: Services, *, handle_signals: bool) -> Worker:
     return Worker(
         functions=[func(_task, name=TASK, max_tries=3, timeout=job_timeout_s(services))],
+        cron_jobs=refresh_cron(services),
         redis_pool=services.redis,
         queue_name=QUEUE_NAME,
         ctx={"services": services},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiodocker
 import aiohttp
@@ -21,7 +22,7 @@ async def stream(
     method: str,
     *,
     params: Mapping[str, str],
-    data: bytes | None = None,
+    data: Any = None,
     headers: Mapping[str, str] | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     response: aiohttp.ClientResponse = await docker._do_query(

@@ -1,0 +1,295 @@
+"""Where Trivy runs: `local` (the `trivy` binary as a subprocess) or `container` (a container of
+an image pinned by digest, started through the Engine API, with no network, a read-only root
+filesystem and the DB mounted read-only). Both take the same trivy arguments, with `{work}`
+(a directory holding the scan's inputs), `{out}` (the report file trivy writes), `{cache}` (the
+DB cache directory) and `{tmp}` (scratch space) filled in for where they really are."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tarfile
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiodocker
+import aiohttp
+from aiodocker.volumes import DockerVolume
+
+from dockguard.errors import ErrorCode, JobFailure
+from dockguard.sandbox import archive, http, names
+from dockguard.scanning.report import scanner_failed
+
+log = logging.getLogger(__name__)
+
+REPORT_MAX_BYTES = 64 * 1024 * 1024
+_SCANNER_UID = 65534
+_STDERR_TAIL = 2000
+
+
+class TrivyBackend(Protocol):
+    name: str
+
+    async def verify(self) -> str | None:
+        """Check the scanner can be trusted; returns the image id it runs (container) or None."""
+
+    async def run(
+        self,
+        args: Sequence[str],
+        *,
+        work: Path | None = None,
+        job_id: str | None = None,
+        network: bool = False,
+        timeout_s: float,
+    ) -> bytes:
+        """Run trivy; returns the file written at `{out}`, or stdout when args have no `{out}`."""
+
+
+def _fill(args: Sequence[str], work: str, cache: str, tmp: str) -> list[str]:
+    places = {"{work}": work, "{out}": f"{work}/out/report.json", "{cache}": cache, "{tmp}": tmp}
+    filled = []
+    for arg in args:
+        for placeholder, value in places.items():
+            arg = arg.replace(placeholder, value)
+        filled.append(arg)
+    return filled
+
+
+def find_trivy(configured: str | None) -> str:
+    if configured:
+        return configured
+    beside_python = Path(sys.executable).parent / "trivy"
+    if beside_python.exists():
+        return str(beside_python)
+    return shutil.which("trivy") or "trivy"
+
+
+class LocalTrivy:
+    name = "local"
+
+    def __init__(self, binary: str, cache_dir: str) -> None:
+        self._binary = binary
+        self._cache_dir = cache_dir
+
+    async def verify(self) -> str | None:
+        return None
+
+    async def run(
+        self,
+        args: Sequence[str],
+        *,
+        work: Path | None = None,
+        job_id: str | None = None,
+        network: bool = False,
+        timeout_s: float,
+    ) -> bytes:
+        with tempfile.TemporaryDirectory(prefix="dockguard-trivy-") as home:
+            workdir = str(work or home)
+            Path(workdir, "out").mkdir(exist_ok=True)
+            filled = _fill(args, workdir, self._cache_dir, home)
+            stdout = await self._exec(filled, home, timeout_s)
+            if "{out}" not in args:
+                return stdout
+            report = Path(workdir, "out", "report.json")
+            if report.stat().st_size > REPORT_MAX_BYTES:
+                raise scanner_failed("the scanner's report is unreasonably large")
+            return report.read_bytes()
+
+    async def _exec(self, args: list[str], home: str, timeout_s: float) -> bytes:
+        """Run trivy with a clean environment (no dockguard secrets) and a hard timeout."""
+        env = {"HOME": home, "PATH": os.defpath, "TMPDIR": home, "TRIVY_NO_PROGRESS": "true"}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._binary,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=home,
+                start_new_session=True,  # its own process group, killed whole on timeout
+            )
+        except OSError as exc:
+            raise scanner_failed(f"starting the scanner: {exc.strerror}") from exc
+        try:
+            async with asyncio.timeout(timeout_s):
+                out, err = await proc.communicate()
+        except TimeoutError as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise scanner_failed(f"the scanner did not finish within {timeout_s:g} s") from exc
+        if proc.returncode != 0:
+            stderr = err[-_STDERR_TAIL:].decode("utf-8", "replace")
+            log.warning("trivy failed", extra={"rc": proc.returncode, "stderr": stderr})
+            raise scanner_failed(f"the scanner exited with status {proc.returncode}")
+        return out
+
+
+class ContainerTrivy:
+    """Trivy in a container of `image` (`ref@sha256:digest`). The digest must be the local
+    image's id or one of its registry digests, checked once; scans then run the image by id, so
+    a tag moved afterwards changes nothing."""
+
+    name = "container"
+
+    def __init__(self, docker: aiodocker.Docker, image: str, cache: str, memory_mb: int) -> None:
+        self._docker = docker
+        self._ref, _, digest = image.partition("@")
+        self._digest = digest
+        self._cache = cache
+        self._memory = memory_mb * 1024 * 1024
+        self._image_id: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def verify(self) -> str:
+        async with self._lock:
+            if self._image_id is None:
+                self._image_id = await self._verified_id()
+                log.info("scanner image verified", extra={"image": self._image_id})
+        return self._image_id
+
+    async def _verified_id(self) -> str:
+        try:
+            image = await self._docker.images.inspect(self._ref)
+        except aiodocker.DockerError as exc:
+            raise _untrusted(f"the scanner image {self._ref} is not on the engine") from exc
+        digests = [d.rpartition("@")[2] for d in image.get("RepoDigests") or []]
+        if self._digest not in (image["Id"], *digests):
+            log.error(
+                "scanner image does not match its pin",
+                extra={"ref": self._ref, "pin": self._digest, "id": image["Id"]},
+            )
+            raise _untrusted(f"the scanner image {self._ref} does not match its pinned digest")
+        return str(image["Id"])
+
+    async def run(
+        self,
+        args: Sequence[str],
+        *,
+        work: Path | None = None,
+        job_id: str | None = None,
+        network: bool = False,
+        timeout_s: float,
+    ) -> bytes:
+        image_id = await self.verify()
+        scan_id = uuid.uuid4().hex[:12]
+        labels = names.labels(job_id) if job_id else {names.MANAGED_LABEL: "true"}
+        volume = f"dockguard-scan-{scan_id}"
+        await self._docker.volumes.create({"Name": volume, "Labels": labels})
+        container = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                container = await self._docker.containers.create(
+                    self._config(image_id, args, volume, labels, network),
+                    name=f"dockguard-scan-{scan_id}",
+                )
+                async with http.stream(
+                    self._docker,
+                    f"containers/{container.id}/archive",
+                    "PUT",
+                    params={"path": "/work"},
+                    data=_work_tar(work),
+                    headers={"Content-Type": "application/x-tar"},
+                ):
+                    pass
+                await container.start()
+                status = await container.wait(
+                    timeout=aiohttp.ClientTimeout(total=None, sock_read=None)
+                )
+            if status.get("StatusCode") != 0:
+                logs = await container.log(stdout=False, stderr=True, tail=20)
+                log.warning("trivy failed", extra={"stderr": "".join(logs)[-_STDERR_TAIL:]})
+                raise scanner_failed(f"the scanner exited with status {status.get('StatusCode')}")
+            if "{out}" not in args:
+                return "".join(await container.log(stdout=True, stderr=False)).encode()
+            return await archive.read_file(
+                self._docker, container.id, "/work/out/report.json", REPORT_MAX_BYTES
+            )
+        except TimeoutError as exc:
+            raise scanner_failed(f"the scanner did not finish within {timeout_s:g} s") from exc
+        except archive.ArchiveError as exc:
+            raise scanner_failed(f"reading the scanner's report: {exc}") from exc
+        except aiodocker.DockerError as exc:
+            log.warning("scanner container failed", extra={"why": str(exc)[:300]})
+            raise scanner_failed("the scanner container could not run") from exc
+        finally:
+            await asyncio.shield(self._remove(container, volume))
+
+    def _config(
+        self,
+        image_id: str,
+        args: Sequence[str],
+        volume: str,
+        labels: dict[str, str],
+        network: bool,
+    ) -> dict[str, Any]:
+        cache_mount: dict[str, object] = {
+            "Type": "bind" if self._cache.startswith("/") else "volume",
+            "Source": self._cache,
+            "Target": "/cache",
+            "ReadOnly": not network,  # only a DB download (which needs the network) writes
+        }
+        return {
+            "Image": image_id,
+            "Cmd": _fill(args, "/work", "/cache", "/tmp"),
+            "User": f"{_SCANNER_UID}:{_SCANNER_UID}",
+            "Env": ["HOME=/tmp", "TMPDIR=/tmp", "TRIVY_NO_PROGRESS=true"],
+            "Labels": labels,
+            "NetworkDisabled": not network,
+            "HostConfig": {
+                "NetworkMode": "bridge" if network else "none",
+                "ReadonlyRootfs": True,
+                "CapDrop": ["ALL"],
+                "SecurityOpt": ["no-new-privileges:true"],
+                "Memory": self._memory,
+                "MemorySwap": self._memory,
+                "PidsLimit": 256,
+                "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=512m"},
+                "Mounts": [
+                    {"Type": "volume", "Source": volume, "Target": "/work"},
+                    cache_mount,
+                ],
+                "LogConfig": {"Type": "json-file", "Config": {"max-size": "8m", "max-file": "1"}},
+            },
+        }
+
+    async def _remove(
+        self, container: aiodocker.docker.DockerContainer | None, volume: str
+    ) -> None:
+        try:
+            if container is not None:
+                await container.delete(force=True)
+            await DockerVolume(self._docker, volume).delete()
+        except aiodocker.DockerError as exc:
+            log.warning("scanner cleanup incomplete", extra={"why": str(exc)[:300]})
+
+
+def _untrusted(message: str) -> JobFailure:
+    return JobFailure(ErrorCode.SCANNER_UNTRUSTED, message)
+
+
+async def _work_tar(work: Path | None) -> AsyncIterator[bytes]:
+    """A tar of `work`'s files plus an `out/` directory the scanner's user can write, streamed
+    file by file (an image tar can be gigabytes)."""
+    out = tarfile.TarInfo("out")
+    out.type, out.mode, out.uid, out.gid = tarfile.DIRTYPE, 0o755, _SCANNER_UID, _SCANNER_UID
+    yield out.tobuf(format=tarfile.GNU_FORMAT)
+    for path in sorted(work.iterdir()) if work else []:
+        info = tarfile.TarInfo(path.name)
+        info.size, info.mode = path.stat().st_size, 0o444
+        yield info.tobuf(format=tarfile.GNU_FORMAT)
+        with path.open("rb") as source:
+            while chunk := await asyncio.to_thread(source.read, 1024 * 1024):
+                yield chunk
+        if padding := -info.size % tarfile.BLOCKSIZE:
+            yield b"\0" * padding
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)

@@ -1,0 +1,209 @@
+"""The scanner as the pipeline sees it: scan a Dockerfile, scan an image, say which scanner and
+DB it used, keep the DB fresh. Findings are cached; the policy is applied on every scan."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiodocker
+
+from dockguard.errors import ErrorCode, JobFailure
+from dockguard.models import DbMetadata, Finding, ScannerInfo, ScannerStatus, ScanPolicy, ScanReport
+from dockguard.sandbox import http
+from dockguard.scanning.backends import TrivyBackend
+from dockguard.scanning.policy import evaluate
+from dockguard.scanning.report import (
+    parse_config_report,
+    parse_image_report,
+    parse_version,
+    scanner_failed,
+)
+from dockguard.settings import Settings
+from dockguard.store.scan_cache import ScanCache, dockerfile_scan_key, image_scan_key
+
+log = logging.getLogger(__name__)
+
+_VERSION_TTL_S = 30.0  # how long the scanner version and DB metadata are trusted in memory
+_OFFLINE = [
+    "--skip-db-update", "--skip-java-db-update", "--offline-scan", "--skip-version-check",
+    "--disable-telemetry", "--cache-backend", "memory", "--cache-dir", "{cache}",
+]  # fmt: skip
+
+
+class Scanner:
+    def __init__(
+        self,
+        backend: TrivyBackend,
+        settings: Settings,
+        docker: aiodocker.Docker,
+        cache: ScanCache,
+    ) -> None:
+        self._backend = backend
+        self._settings = settings
+        self._docker = docker
+        self._cache = cache
+        self._version: tuple[float, str, DbMetadata | None] | None = None
+        self.policy = ScanPolicy(
+            fail_on=sorted(set(settings.scan_fail_on)),
+            ignore=sorted(set(settings.scan_ignore)),
+            ignore_unfixed=settings.scan_ignore_unfixed,
+        )
+
+    async def _read_version(self, *, fresh: bool = False) -> tuple[str, DbMetadata | None]:
+        now = time.monotonic()
+        if fresh or self._version is None or now - self._version[0] > _VERSION_TTL_S:
+            raw = await self._backend.run(
+                ["version", "--format", "json", "--cache-dir", "{cache}"],
+                timeout_s=self._settings.scanner_timeout_s,
+            )
+            self._version = (now, *parse_version(raw))
+        return self._version[1], self._version[2]
+
+    async def info(self) -> ScannerInfo:
+        image = await self._backend.verify()
+        version, _ = await self._read_version()
+        return ScannerInfo(name="trivy", version=version, backend=self._backend.name, image=image)
+
+    async def status(self) -> ScannerStatus:
+        info = await self.info()
+        _, db = await self._read_version()
+        problem = None
+        try:
+            self._check_db(db)
+        except JobFailure as failure:
+            problem = failure.message
+        return ScannerStatus(
+            scanner=info,
+            db=db,
+            db_age_h=None if db is None else round(_age_h(db), 2),
+            db_max_age_h=self._settings.scanner_db_max_age_h,
+            db_usable=problem is None,
+            problem=problem,
+        )
+
+    def _check_db(self, db: DbMetadata | None) -> DbMetadata:
+        """Fail closed: Trivy itself scans silently with any DB it is given, however old."""
+        if db is None:
+            raise JobFailure(
+                ErrorCode.SCANNER_DB_MISSING,
+                "there is no vulnerability DB; an operator must run `dockguard scanner update-db`",
+            )
+        limit = self._settings.scanner_db_max_age_h
+        if _age_h(db) > limit and not self._settings.scanner_allow_stale_db:
+            raise JobFailure(
+                ErrorCode.SCANNER_DB_STALE,
+                f"the vulnerability DB is {_age_h(db):.0f} h old, over the {limit:g} h limit; "
+                "an operator must refresh it (`dockguard scanner update-db`)",
+            )
+        return db
+
+    async def scan_dockerfile(self, text: str, job_id: str) -> ScanReport:
+        started = time.monotonic()
+        info = await self.info()
+        key = dockerfile_scan_key(hashlib.sha256(text.encode()).hexdigest(), info.version)
+        findings = await self._cache.get(key)
+        cached = findings is not None
+        if findings is None:
+            with tempfile.TemporaryDirectory(prefix="dockguard-scan-") as work:
+                Path(work, "Dockerfile").write_text(text, encoding="utf-8")
+                raw = await self._backend.run(
+                    [
+                        "config", "--format", "json", "--output", "{out}", "--quiet",
+                        "--skip-check-update", "--disable-telemetry",
+                        "--cache-backend", "memory", "--cache-dir", "{tmp}/trivy",
+                        "--timeout", f"{int(self._settings.scanner_timeout_s)}s", "{work}",
+                    ],
+                    work=Path(work),
+                    job_id=job_id,
+                    timeout_s=self._settings.scanner_timeout_s,
+                )  # fmt: skip
+            findings = parse_config_report(raw)
+            await self._cache.put(key, findings)
+        return self._report(findings, info, None, cached, started)
+
+    async def scan_image(self, image_id: str, job_id: str) -> ScanReport:
+        started = time.monotonic()
+        info = await self.info()
+        _, metadata = await self._read_version()
+        db = self._check_db(metadata)
+        key = image_scan_key(image_id, info.version, db.updated_at.isoformat())
+        findings = await self._cache.get(key)
+        cached = findings is not None
+        if findings is None:
+            with tempfile.TemporaryDirectory(prefix="dockguard-scan-") as work:
+                await self._export(image_id, Path(work, "image.tar"))
+                raw = await self._backend.run(
+                    [
+                        "image", "--input", "{work}/image.tar", "--format", "json",
+                        "--output", "{out}", "--quiet", "--scanners", "vuln",
+                        "--timeout", f"{int(self._settings.scanner_timeout_s)}s", *_OFFLINE,
+                    ],
+                    work=Path(work),
+                    job_id=job_id,
+                    timeout_s=self._settings.scanner_timeout_s,
+                )  # fmt: skip
+            findings = parse_image_report(raw)
+            await self._cache.put(key, findings)
+        return self._report(findings, info, db, cached, started)
+
+    async def _export(self, image_id: str, target: Path) -> None:
+        """`docker save` of the image into `target`, streamed, refusing absurd sizes."""
+        cap = self._settings.scan_image_max_mb * 1024 * 1024
+        size = 0
+        try:
+            async with asyncio.timeout(self._settings.scanner_timeout_s):
+                async with http.stream(
+                    self._docker, f"images/{image_id}/get", "GET", params={}
+                ) as response:
+                    with target.open("wb") as out:
+                        async for chunk in response.content.iter_chunked(1024 * 1024):
+                            size += len(chunk)
+                            if size > cap:
+                                raise scanner_failed(
+                                    f"the image is larger than the {cap >> 20} MiB scan limit"
+                                )
+                            await asyncio.to_thread(out.write, chunk)
+        except TimeoutError as exc:
+            raise scanner_failed("exporting the image for its scan timed out") from exc
+        except aiodocker.DockerError as exc:
+            raise scanner_failed("exporting the image for its scan failed") from exc
+
+    def _report(
+        self,
+        findings: list[Finding],
+        info: ScannerInfo,
+        db: DbMetadata | None,
+        cached: bool,
+        started: float,
+    ) -> ScanReport:
+        return evaluate(
+            findings,
+            policy=self.policy,
+            scanner=info,
+            db=db,
+            cached=cached,
+            duration_s=time.monotonic() - started,
+        )
+
+    async def update_db(self) -> DbMetadata:
+        """Download a fresh vulnerability DB into the cache (the only scanner call with network)."""
+        if self._backend.name == "local":
+            Path(self._settings.scanner_cache_dir).mkdir(parents=True, exist_ok=True)
+        args = ["image", "--download-db-only", "--cache-dir", "{cache}", "--no-progress"]
+        if self._settings.scanner_db_repository:
+            args += ["--db-repository", self._settings.scanner_db_repository]
+        await self._backend.run(args, network=True, timeout_s=self._settings.scanner_timeout_s)
+        _, db = await self._read_version(fresh=True)
+        if db is None:
+            raise scanner_failed("the DB download finished but no DB is there")
+        return db
+
+
+def _age_h(db: DbMetadata) -> float:
+    return (datetime.now(UTC) - db.updated_at).total_seconds() / 3600
