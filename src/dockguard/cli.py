@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -19,7 +19,10 @@ from dockguard import logs
 from dockguard.embedded_redis import EmbeddedRedisError, embedded_redis
 from dockguard.settings import Settings
 
-app = typer.Typer(help="Scan, build and run untrusted Dockerfiles in a hardened sandbox.")
+app = typer.Typer(
+    help="Scan, build and run untrusted Dockerfiles in a hardened sandbox.",
+    pretty_exceptions_enable=False,
+)
 
 
 def _settings() -> Settings:
@@ -155,6 +158,17 @@ def submit(
 ) -> None:
     """Submit a Dockerfile and print the job as JSON (exit status 0 only if it succeeded)."""
     body = sys.stdin.buffer.read() if str(dockerfile) == "-" else dockerfile.read_bytes()
+    try:
+        job = _submit_and_wait(body, url, wait, timeout_s)
+    except httpx.HTTPError as exc:
+        typer.echo(f"dockguard: talking to {url} failed: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(job, indent=2))
+    if wait and job["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _submit_and_wait(body: bytes, url: str, wait: bool, timeout_s: float) -> dict[str, Any]:
     with httpx.Client(base_url=url, timeout=30) as client:
         response = client.post(
             "/v1/jobs", content=body, headers={"Content-Type": "text/plain; charset=utf-8"}
@@ -162,7 +176,7 @@ def submit(
         if response.status_code != 202:
             typer.echo(response.text, err=True)
             raise typer.Exit(2)
-        job = response.json()
+        job: dict[str, Any] = response.json()
         deadline = time.monotonic() + timeout_s
         while wait and job["status"] not in ("succeeded", "failed", "rejected", "cancelled"):
             if time.monotonic() > deadline:
@@ -170,6 +184,4 @@ def submit(
                 raise typer.Exit(3)
             time.sleep(0.5)
             job = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
-    typer.echo(json.dumps(job, indent=2))
-    if wait and job["status"] != "succeeded":
-        raise typer.Exit(1)
+    return job

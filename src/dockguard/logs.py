@@ -12,7 +12,10 @@ from datetime import UTC, datetime
 job_id_var: ContextVar[str | None] = ContextVar("job_id", default=None)
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "color_message",  # uvicorn's ANSI-coloured copy of msg
+}
 
 
 class _ContextFilter(logging.Filter):
