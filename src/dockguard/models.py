@@ -113,6 +113,7 @@ class BuildInfo(BaseModel):
     image_id: str | None = None
     duration_s: float | None = None
     log_tail: list[str] = Field(default_factory=list)
+    limits: BuildLimits | None = None
 
 
 class RunLimits(BaseModel):
@@ -122,6 +123,20 @@ class RunLimits(BaseModel):
     timeout_s: float
     network: str = "none"
     user: str
+    tmpfs_mb: int | None = None
+    file_size_mb: int | None = None
+    nofile: int | None = None
+    runtime: str | None = Field(None, description="OCI runtime; null: the engine's default.")
+
+
+class BuildLimits(BaseModel):
+    memory_mb: int
+    cpus: float
+    pids: int = Field(description="Process limit of the build's containers; 0: none.")
+    timeout_s: float
+    network: str
+    nocache: bool
+    file_size_mb: int
 
 
 class RunInfo(BaseModel):

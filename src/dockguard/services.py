@@ -37,6 +37,13 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
+def job_timeout_s(settings: Settings) -> float:
+    """The longest a job may take: longer than all of its steps' own timeouts together, so a
+    step's timeout always fires first (two scans, two builds, the run, and slack)."""
+    s = settings
+    return 3 * s.scanner_timeout_s + 2 * s.build_timeout_s + s.run_timeout_s + 300
+
+
 def trivy_backend(settings: Settings, docker: aiodocker.Docker) -> TrivyBackend:
     if settings.scanner_backend == "local":
         return LocalTrivy(find_trivy(settings.trivy_binary), settings.scanner_cache_dir)

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     build_timeout_s: float = Field(600.0, gt=0)
     build_network: str = "bridge"
     build_memory_mb: int = Field(2048, ge=64)
+    build_cpus: float = Field(1.0, gt=0)
+    build_pids: int = Field(1024, ge=0)
+    build_file_size_mb: int = Field(4096, ge=1)
     build_nocache: bool = True
 
     # Run
@@ -74,6 +77,9 @@ class Settings(BaseSettings):
     run_cpus: float = Field(1.0, gt=0)
     run_pids: int = Field(128, ge=8)
     run_tmpfs_mb: int = Field(64, ge=1)
+    run_file_size_mb: int = Field(256, ge=1)
+    run_nofile: int = Field(1024, ge=16)
+    runtime: str | None = None
     result_max_bytes: int = Field(65536, ge=64)
     log_tail_lines: int = Field(50, ge=0)
 

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from dockguard import models
 from dockguard.errors import ErrorCode, JobFailure
 from dockguard.logs import job_id_var
 from dockguard.models import (
@@ -136,16 +137,21 @@ class _Pipeline:
 
     async def build(self, dockerfile: str) -> Prepared:
         await self.update(lambda job: _advance(job, JobStatus.BUILDING))
+        s = self.settings
         limits = BuildLimits(
-            timeout_s=self.settings.build_timeout_s,
-            memory_mb=self.settings.build_memory_mb,
-            network=self.settings.build_network,
-            nocache=self.settings.build_nocache,
+            timeout_s=s.build_timeout_s,
+            memory_mb=s.build_memory_mb,
+            network=s.build_network,
+            nocache=s.build_nocache,
+            cpus=s.build_cpus,
+            pids=s.build_pids,
+            file_size_mb=s.build_file_size_mb,
+            nofile=s.run_nofile,
         )
         try:
             outcome = await self.services.sandbox.build(self.job_id, dockerfile, limits)
         except BuildFailure as failure:
-            failed = BuildInfo(log_tail=failure.log_tail)
+            failed = BuildInfo(log_tail=failure.log_tail, limits=_recorded(limits))
             await self.update(lambda job: setattr(job, "build", failed))
             raise
 
@@ -154,6 +160,7 @@ class _Pipeline:
                 image_id=outcome.image_id,
                 duration_s=outcome.duration_s,
                 log_tail=outcome.log_tail,
+                limits=_recorded(limits),
             )
 
         await self.update(record)
@@ -173,6 +180,9 @@ class _Pipeline:
             cpus=settings.run_cpus,
             pids=settings.run_pids,
             tmpfs_mb=settings.run_tmpfs_mb,
+            file_size_mb=settings.run_file_size_mb,
+            nofile=settings.run_nofile,
+            runtime=settings.runtime,
         )
         recorded_limits = RunLimits(
             memory_mb=limits.memory_mb,
@@ -180,6 +190,10 @@ class _Pipeline:
             pids=limits.pids,
             timeout_s=limits.timeout_s,
             user=prepared.user,
+            tmpfs_mb=limits.tmpfs_mb,
+            file_size_mb=limits.file_size_mb,
+            nofile=limits.nofile,
+            runtime=limits.runtime,
         )
 
         def start(job: Job) -> None:
@@ -205,6 +219,18 @@ class _Pipeline:
             raise failure
         raw = await sandbox.fetch_result(outcome.container_id, settings.result_max_bytes)
         return parse_result(raw)
+
+
+def _recorded(limits: BuildLimits) -> models.BuildLimits:
+    return models.BuildLimits(
+        memory_mb=limits.memory_mb,
+        cpus=limits.cpus,
+        pids=limits.pids,
+        timeout_s=limits.timeout_s,
+        network=limits.network,
+        nocache=limits.nocache,
+        file_size_mb=limits.file_size_mb,
+    )
 
 
 def _advance(job: Job, status: JobStatus) -> None:

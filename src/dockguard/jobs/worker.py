@@ -9,7 +9,8 @@ from arq import Worker, func
 
 from dockguard.jobs.dbrefresh import refresh_cron
 from dockguard.jobs.pipeline import run_job
-from dockguard.services import QUEUE_NAME, Services, deserialize, serialize
+from dockguard.jobs.sweeper import sweep_cron
+from dockguard.services import QUEUE_NAME, Services, deserialize, job_timeout_s, serialize
 
 TASK = "run_job"
 
@@ -19,16 +20,10 @@ async def _task(ctx: dict[str, Any], job_id: str) -> str:
     return await run_job(services, job_id)
 
 
-def job_timeout_s(services: Services) -> float:
-    """Longer than every step's own timeout together, so a step's timeout always fires first."""
-    s = services.settings
-    return 3 * s.scanner_timeout_s + 2 * s.build_timeout_s + s.run_timeout_s + 300
-
-
 def create_worker(services: Services, *, handle_signals: bool) -> Worker:
     return Worker(
-        functions=[func(_task, name=TASK, max_tries=3, timeout=job_timeout_s(services))],
-        cron_jobs=refresh_cron(services),
+        functions=[func(_task, name=TASK, max_tries=3, timeout=job_timeout_s(services.settings))],
+        cron_jobs=[*refresh_cron(services), sweep_cron()],
         redis_pool=services.redis,
         queue_name=QUEUE_NAME,
         ctx={"services": services},

@@ -16,6 +16,7 @@ import aiodocker
 
 from dockguard.errors import ErrorCode, JobFailure
 from dockguard.sandbox import http, names
+from dockguard.sandbox.cgroups import BuildCgroup, CgroupUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ class BuildLimits:
     memory_mb: int
     network: str
     nocache: bool
+    cpus: float = 1.0
+    pids: int = 1024  # 0: no limit (see cgroups.py)
+    file_size_mb: int = 4096
+    nofile: int = 1024
 
 
 class BuildFailure(JobFailure):
@@ -102,21 +107,13 @@ class Builder:
         """
         started = time.monotonic()
         progress = _Progress(tail=deque(maxlen=max(self._log_tail_lines, 1)))
-        params = {
-            "t": tag,
-            "dockerfile": "Dockerfile",
-            "labels": json.dumps(names.labels(job_id)),
-            "rm": "1",
-            "forcerm": "1",
-            "pull": "0",
-            "nocache": "1" if limits.nocache else "0",
-            "memory": str(limits.memory_mb * 1024 * 1024),
-            "memswap": str(limits.memory_mb * 1024 * 1024),
-            "networkmode": limits.network,
-        }
+        params = build_params(job_id, tag, limits)
         body = _context_tar(dockerfile, context)
+        cgroup = BuildCgroup(f"{job_id}-{tag.rpartition(':')[2]}", limits.pids)
         try:
             async with asyncio.timeout(limits.timeout_s):
+                if limits.pids:
+                    params["cgroupparent"] = await asyncio.to_thread(cgroup.create)
                 await self._stream(params, body, progress)
         except TimeoutError as exc:
             # Leaving the request closes the connection, which makes the engine cancel the build.
@@ -125,6 +122,14 @@ class Builder:
                 ErrorCode.BUILD_TIMEOUT,
                 f"the build did not finish within {limits.timeout_s:g} s",
                 self._tail(progress),
+            ) from exc
+        except CgroupUnavailable as exc:
+            log.error("build pids limit unavailable", extra={"why": str(exc)})
+            raise BuildFailure(
+                ErrorCode.INTERNAL_ERROR,
+                "this worker cannot apply the build's process limit (see its logs; "
+                "DOCKGUARD_BUILD_PIDS=0 builds without one)",
+                [],
             ) from exc
         except aiodocker.DockerError as exc:
             log.info("build failed", extra={"engine_error": exc.message[:2000]})
@@ -135,6 +140,9 @@ class Builder:
                 _build_error_message(exc.message, progress.step),
                 self._tail(progress),
             ) from exc
+        finally:
+            if limits.pids:
+                await asyncio.shield(asyncio.to_thread(cgroup.remove))
         if progress.error or not progress.image_id:
             log.info("build failed", extra={"engine_error": (progress.error or "")[:2000]})
             await self._remove_layers(progress.layers)
@@ -200,6 +208,40 @@ class Builder:
                 if exc.status != 409:
                     raise
             await asyncio.sleep(0.1)
+
+
+def build_params(job_id: str, tag: str, limits: BuildLimits) -> dict[str, str]:
+    """`POST /build` query parameters: the build's sandbox. Client-supplied build args, remote
+    contexts and pulls are never passed; `nocache` keeps one job from reusing (or poisoning)
+    another's layers; `forcerm` removes the containers of failed steps."""
+    memory = str(limits.memory_mb * 1024 * 1024)
+    period = 100_000
+    return {
+        "t": tag,
+        "dockerfile": "Dockerfile",
+        "labels": json.dumps(names.labels(job_id)),
+        "rm": "1",
+        "forcerm": "1",
+        "pull": "0",
+        "nocache": "1" if limits.nocache else "0",
+        "memory": memory,
+        "memswap": memory,
+        "cpuperiod": str(period),
+        "cpuquota": str(int(limits.cpus * period)),
+        "shmsize": str(64 * 1024 * 1024),
+        "networkmode": limits.network,
+        "ulimits": json.dumps(
+            [
+                _ulimit("nofile", limits.nofile),
+                _ulimit("fsize", limits.file_size_mb * 1024 * 1024),
+                _ulimit("core", 0),
+            ]
+        ),
+    }
+
+
+def _ulimit(name: str, value: int) -> dict[str, object]:
+    return {"Name": name, "Soft": value, "Hard": value}
 
 
 def _decode(line: bytes) -> dict[str, object]:

@@ -16,6 +16,7 @@ from dockguard.sandbox import archive
 
 RESULT_PATH = "/data/perf.json"
 MAX_DEPTH = 32
+MAX_MEMBERS = 1000  # object members and array items, all levels together
 
 _CODES = {
     archive.FileMissing: ErrorCode.RESULT_MISSING,
@@ -60,8 +61,11 @@ def parse_result(raw: bytes) -> JobResult:
         raise _invalid("it is not strict JSON with finite numbers") from exc
     if not isinstance(data, dict):
         raise _invalid("it must be a JSON object")
-    if _depth(data) > MAX_DEPTH:
+    depth, members = _shape(data)
+    if depth > MAX_DEPTH:
         raise _invalid(f"it is nested deeper than {MAX_DEPTH} levels")
+    if members > MAX_MEMBERS:
+        raise _invalid(f"it has more than {MAX_MEMBERS} members and items")
     perf = data.get("perf")
     if perf is not None and (isinstance(perf, bool) or not isinstance(perf, int | float)):
         raise _invalid("its `perf` member must be a number")
@@ -76,15 +80,18 @@ def _invalid(why: str) -> JobFailure:
     return JobFailure(ErrorCode.RESULT_INVALID, f"{RESULT_PATH} is invalid: {why}")
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth, iteratively (a deep document must not exhaust the stack here either)."""
-    deepest = 0
+def _shape(value: Any) -> tuple[int, int]:
+    """Nesting depth and number of members, iteratively (a deep document must not exhaust the
+    stack here either)."""
+    deepest = members = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         deepest = max(deepest, depth)
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
-    return deepest
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        for child in children:
+            members += 1
+            stack.append((child, depth + 1))
+    return deepest, members

@@ -27,6 +27,9 @@ class RunLimits:
     cpus: float
     pids: int
     tmpfs_mb: int
+    file_size_mb: int = 256
+    nofile: int = 1024
+    runtime: str | None = None
 
 
 @dataclass
@@ -42,6 +45,7 @@ class RunOutcome:
 def host_config(limits: RunLimits, volume: str) -> dict[str, Any]:
     """The sandbox, as Engine API HostConfig fields. README's security model explains each line."""
     memory = limits.memory_mb * 1024 * 1024
+    file_size = limits.file_size_mb * 1024 * 1024
     return {
         "NetworkMode": "none",
         "ReadonlyRootfs": True,
@@ -56,9 +60,16 @@ def host_config(limits: RunLimits, volume: str) -> dict[str, Any]:
         "Mounts": [{"Type": "volume", "Source": volume, "Target": "/data", "ReadOnly": False}],
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
         "RestartPolicy": {"Name": "no"},
-        "Ulimits": [{"Name": "core", "Soft": 0, "Hard": 0}],
+        "Ulimits": [
+            {"Name": "core", "Soft": 0, "Hard": 0},
+            {"Name": "nofile", "Soft": limits.nofile, "Hard": limits.nofile},
+            {"Name": "fsize", "Soft": file_size, "Hard": file_size},  # no file past the cap
+        ],
         "IpcMode": "private",
+        "PidMode": "",  # a private PID namespace
+        "Devices": [],
         "AutoRemove": False,  # the stopped container is where perf.json is read from
+        **({"Runtime": limits.runtime} if limits.runtime else {}),
     }
 
 

@@ -1,0 +1,75 @@
+"""A parent cgroup with a process limit for one build's containers.
+
+The Engine API's `POST /build` has no pids limit, and `RUN` steps run as root, for whom
+RLIMIT_NPROC does not apply: a fork bomb in a `RUN` could take every PID of the host (32768 by
+default). The build's `cgroupparent` parameter puts its containers under a cgroup we create with
+`pids.max` set, so they share that limit. This needs write access to the engine host's cgroup
+filesystem (a worker running as root on that host, or with /sys/fs/cgroup mounted) and the
+cgroupfs driver; both cgroup v1 and v2 layouts are handled."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ROOT = Path("/sys/fs/cgroup")
+PARENT = "dockguard"
+
+
+class CgroupUnavailable(Exception):
+    pass
+
+
+class BuildCgroup:
+    def __init__(self, name: str, pids: int, root: Path = ROOT) -> None:
+        self.name = name
+        self._pids = pids
+        self._root = root
+        self._v2 = (root / "cgroup.controllers").exists()
+
+    @property
+    def parent(self) -> str:
+        """The value of the build's `cgroupparent` parameter."""
+        return f"/{PARENT}/{self.name}"
+
+    def _dirs(self) -> list[Path]:
+        """Every directory the engine may create for this parent, deepest last."""
+        if self._v2:
+            return [self._root / PARENT / self.name]
+        return [c / PARENT / self.name for c in self._root.iterdir() if (c / "tasks").exists()]
+
+    def create(self) -> str:
+        limit_dir = (
+            self._root / PARENT / self.name
+            if self._v2
+            else self._root / "pids" / PARENT / self.name
+        )
+        try:
+            limit_dir.mkdir(parents=True, exist_ok=True)
+            (limit_dir / "pids.max").write_text(str(self._pids))
+        except OSError as exc:
+            raise CgroupUnavailable(f"cannot set a pids limit under {limit_dir}: {exc}") from exc
+        return self.parent
+
+    def remove(self, wait_s: float = 5.0) -> None:
+        """Remove the parent in every controller; the engine removes its containers' cgroups
+        asynchronously, so an rmdir that finds them still there is retried briefly."""
+        deadline = time.monotonic() + wait_s
+        for directory in self._dirs():
+            while directory.exists():
+                for child in sorted(directory.glob("*/"), reverse=True):
+                    with contextlib.suppress(OSError):
+                        child.rmdir()
+                try:
+                    directory.rmdir()
+                except OSError as exc:
+                    if time.monotonic() > deadline:
+                        log.warning(
+                            "build cgroup left", extra={"dir": str(directory), "why": str(exc)}
+                        )
+                        break
+                    time.sleep(0.05)
