@@ -231,3 +231,17 @@ async def test_named_user_with_primary_group(dockguard: Dockguard) -> None:
     )
     assert job["status"] == "succeeded", job["error"]
     assert job["result"]["data"] == {"uid": 1234, "gid": 2345}
+
+
+async def test_build_network_none_blocks_the_network_in_run_steps(instances: Instances) -> None:
+    dockerfile = (
+        'FROM busybox:latest\nRUN test "$(ls /sys/class/net)" = lo\nUSER 1000\n'
+        + writes('{"perf": 1}').split("\n", 2)[2]
+    )
+    isolated = await instances.get(build_network="none")
+    job = await isolated.run(dockerfile)
+    assert job["status"] == "succeeded", (job["error"], job["build"])
+    assert job["build"]["limits"]["network"] == "none"
+    connected = await instances.get(build_network="bridge")  # the same check fails with a network
+    job = await connected.run(dockerfile)
+    assert job["error"]["code"] == "build_failed"
