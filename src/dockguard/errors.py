@@ -3,7 +3,7 @@
     DockguardError                 code, message, http_status
     ├── SubmissionError            the request itself is unacceptable (HTTP 4xx at submission)
     │     dockerfile_empty, dockerfile_encoding, dockerfile_invalid, dockerfile_too_large,
-    │     unsupported_media_type, request_invalid
+    │     dockerfile_forbidden, unsupported_media_type, request_invalid
     ├── JobNotFound                job_not_found (404)
     ├── ServiceUnavailable         service_unavailable (503): a dependency cannot answer
     │   (the API also answers not_found 404, method_not_allowed 405 and internal_error 500 as
@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     DOCKERFILE_ENCODING = "dockerfile_encoding"
     DOCKERFILE_INVALID = "dockerfile_invalid"
     DOCKERFILE_TOO_LARGE = "dockerfile_too_large"
+    DOCKERFILE_FORBIDDEN = "dockerfile_forbidden"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     REQUEST_INVALID = "request_invalid"
     NOT_FOUND = "not_found"

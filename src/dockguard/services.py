@@ -10,11 +10,13 @@ from typing import Any
 import aiodocker
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio import Redis
 
 from dockguard.sandbox import Sandbox, connect
 from dockguard.scanning import ContainerTrivy, LocalTrivy, Scanner, TrivyBackend, find_trivy
 from dockguard.settings import Settings
 from dockguard.store import JobStore
+from dockguard.store.dockerfiles import DockerfileStore, cipher
 from dockguard.store.scan_cache import ScanCache
 
 QUEUE_NAME = "dockguard:queue"
@@ -54,13 +56,26 @@ def trivy_backend(settings: Settings, docker: aiodocker.Docker) -> TrivyBackend:
     )
 
 
+async def open_dockerfile_redis(url: str) -> Redis:
+    """The Dockerfiles' own Redis, checked at once so a wrong URL stops the start, not a job."""
+    client: Redis = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    try:
+        await client.ping()
+    except Exception:
+        await client.aclose()
+        raise
+    return client
+
+
 @dataclass
 class Services:
     settings: Settings
     redis: ArqRedis
     store: JobStore
+    dockerfiles: DockerfileStore
     scanner: Scanner
     sandbox: Sandbox
+    dockerfile_redis: Redis | None = None  # set when Dockerfiles have a Redis of their own
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -72,6 +87,15 @@ class Services:
             job_deserializer=deserialize,
             default_queue_name=QUEUE_NAME,
         )
+        dockerfile_redis: Redis | None = None
+        if settings.dockerfile_redis_url is not None:
+            dockerfile_redis = await open_dockerfile_redis(settings.dockerfile_redis_url)
+        dockerfiles = DockerfileStore(
+            redis if dockerfile_redis is None else dockerfile_redis,
+            settings.job_ttl_s,
+            keep_s=settings.keep_dockerfile_s,
+            fernet=cipher(settings.encryption_key),
+        )
         docker = connect(settings.docker_url, settings.docker_timeout_s)
         scanner = Scanner(
             trivy_backend(settings, docker),
@@ -82,11 +106,15 @@ class Services:
         return cls(
             settings=settings,
             redis=redis,
-            store=JobStore(redis, settings.job_ttl_s),
+            store=JobStore(redis, settings.job_ttl_s, dockerfiles),
+            dockerfiles=dockerfiles,
             scanner=scanner,
             sandbox=Sandbox(docker, settings.log_tail_lines),
+            dockerfile_redis=dockerfile_redis,
         )
 
     async def close(self) -> None:
         await self.sandbox.docker.close()
         await self.redis.aclose()
+        if self.dockerfile_redis is not None:
+            await self.dockerfile_redis.aclose()

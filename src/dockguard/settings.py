@@ -9,7 +9,8 @@ import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from cryptography.fernet import Fernet
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -26,7 +27,10 @@ _PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DOCKGUARD_", env_file=".env", extra="ignore")
+    # Errors never echo a value: it may be a key or a password in a Redis URL.
+    model_config = SettingsConfigDict(
+        env_prefix="DOCKGUARD_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     # Service
     host: str = "127.0.0.1"
@@ -41,6 +45,16 @@ class Settings(BaseSettings):
     # Jobs and submissions
     job_ttl_s: int = Field(86400, ge=1)
     max_dockerfile_bytes: int = Field(65536, ge=1)
+
+    # Submission policy
+    allowed_base_images: CommaList = []
+    require_base_digest: bool = False
+    max_stages: int = Field(8, ge=1)
+    max_instructions: int = Field(200, ge=1)
+    allow_parser_directives: bool = False
+    allow_remote_add: bool = False
+    allow_run_flags: bool = False
+    allow_onbuild: bool = False
 
     # Scans: policy
     scan_fail_on: Annotated[list[Severity], NoDecode] = [Severity.HIGH, Severity.CRITICAL]
@@ -83,6 +97,41 @@ class Settings(BaseSettings):
     result_max_bytes: int = Field(65536, ge=64)
     log_tail_lines: int = Field(50, ge=0)
 
+    # Data protection
+    encryption_key: SecretStr | None = None
+    dockerfile_redis_url: str | None = None
+    keep_dockerfile_s: int = Field(0, ge=0)
+
+    @field_validator("encryption_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        """Comma-separated Fernet keys (the first encrypts); the error never shows a key."""
+        if value is None:
+            return None
+        keys = [key.strip() for key in value.get_secret_value().split(",")]
+        for number, key in enumerate(keys, start=1):
+            try:
+                Fernet(key)
+            except ValueError:
+                raise ValueError(
+                    f"key {number} of {len(keys)} is not a Fernet key (32 url-safe base64-encoded "
+                    "bytes; make one with Fernet.generate_key() from the cryptography package)"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _container_backend_pinned(self) -> Settings:
+        if self.scanner_backend == "container" and self.trivy_image is None:
+            raise ValueError(
+                "DOCKGUARD_SCANNER_BACKEND=container needs DOCKGUARD_TRIVY_IMAGE (pinned by digest)"
+            )
+        return self
+
     @field_validator("scanner_cache_dir")
     @classmethod
     def _expand_home(cls, value: str) -> str:
@@ -100,4 +149,12 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip().upper() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("allowed_base_images", mode="before")
+    @classmethod
+    def _split_patterns(cls, value: object) -> object:
+        """Like `_split_commas`, but image references keep their case."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value

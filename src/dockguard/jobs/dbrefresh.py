@@ -22,7 +22,11 @@ _LOCK_S = 1800
 
 async def refresh_db(services: Services) -> str:
     """Download a new DB if the current one is missing or due; returns what happened."""
-    status = await services.scanner.status()
+    try:
+        status = await services.scanner.status()
+    except JobFailure as failure:
+        log.error("vulnerability DB refresh impossible", extra={"why": failure.message})
+        return "failed"
     due_h = services.settings.scanner_db_refresh_h
     if status.db_age_h is not None and status.db_age_h < due_h:
         return "fresh"

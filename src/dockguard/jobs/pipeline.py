@@ -70,6 +70,7 @@ async def _run(services: Services, job_id: str) -> str:
         await asyncio.shield(services.sandbox.cleanup(job_id))
     # The verdict is written only once nothing of the job is left in the engine.
     status = await pipeline.conclude(result, failure)
+    await services.dockerfiles.release(job_id)
     log.info("job finished", extra={"status": status.value})
     return status.value
 
@@ -102,7 +103,7 @@ class _Pipeline:
         return status
 
     async def steps(self) -> JobResult:
-        dockerfile = await self.services.store.get_dockerfile(self.job_id)
+        dockerfile = await self.services.dockerfiles.get(self.job_id)
         if dockerfile is None:
             raise JobFailure(ErrorCode.INTERNAL_ERROR, "the job's Dockerfile is no longer stored")
         await self.scan(dockerfile)

@@ -158,10 +158,20 @@ class ContainerTrivy:
         return self._image_id
 
     async def _verified_id(self) -> str:
-        try:
-            image = await self._docker.images.inspect(self._ref)
-        except aiodocker.DockerError as exc:
-            raise _untrusted(f"the scanner image {self._ref} is not on the engine") from exc
+        """Look the image up by the pinned digest itself (as an image id, or as the repository's
+        registry digest), then by the reference; whatever is found must carry the digest."""
+        repository = (
+            self._ref.rsplit(":", 1)[0] if ":" in self._ref.rsplit("/", 1)[-1] else self._ref
+        )
+        image = None
+        for candidate in (self._digest, f"{repository}@{self._digest}", self._ref):
+            try:
+                image = await self._docker.images.inspect(candidate)
+                break
+            except aiodocker.DockerError:
+                continue
+        if image is None:
+            raise _untrusted(f"the scanner image {self._ref} is not on the engine")
         digests = [d.rpartition("@")[2] for d in image.get("RepoDigests") or []]
         if self._digest not in (image["Id"], *digests):
             log.error(
@@ -241,7 +251,9 @@ class ContainerTrivy:
         return {
             "Image": image_id,
             "Cmd": _fill(args, "/work", "/cache", "/tmp"),
-            "User": f"{_SCANNER_UID}:{_SCANNER_UID}",
+            # Scans run as nobody. A DB download (network on, nothing scanned) runs as root with
+            # no capabilities, to write into a cache that a fresh volume makes root's.
+            "User": "0:0" if network else f"{_SCANNER_UID}:{_SCANNER_UID}",
             "Env": ["HOME=/tmp", "TMPDIR=/tmp", "TRIVY_NO_PROGRESS=true"],
             "Labels": labels,
             "NetworkDisabled": not network,

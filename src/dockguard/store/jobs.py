@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from contextlib import suppress
+from typing import TYPE_CHECKING, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from dockguard.models import Job, utcnow
+
+if TYPE_CHECKING:
+    from dockguard.store.dockerfiles import DockerfileStore
 
 PREFIX = "dockguard"
 
@@ -31,27 +35,43 @@ class JobReader(Protocol):
 
 
 class JobStore:
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
+    """Job records; the Dockerfile of each job goes through `dockerfiles` (maybe another Redis)."""
+
+    def __init__(
+        self, redis: Redis, ttl_s: int, dockerfiles: DockerfileStore | None = None
+    ) -> None:
+        if dockerfiles is None:
+            # Imported here: dockerfiles.py builds its key with this module's `dockerfile_key`.
+            from dockguard.store.dockerfiles import DockerfileStore
+
+            dockerfiles = DockerfileStore(redis, ttl_s)
         self._redis = redis
         self._ttl_s = ttl_s
+        self.dockerfiles = dockerfiles
 
     async def create(self, job: Job, dockerfile: str) -> None:
-        """Store the job and its Dockerfile together, both expiring after the job TTL."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(dockerfile_key(job.id), dockerfile, ex=self._ttl_s)
-            pipe.set(job_key(job.id), job.model_dump_json(), ex=self._ttl_s)
-            await pipe.execute()
+        """Store the Dockerfile, then the job, both expiring after the job TTL.
+
+        They may live in two Redis servers, so there is no transaction: the Dockerfile is written
+        first, so a stored job always has one, and removed again if the job cannot be written."""
+        await self.dockerfiles.put(job.id, dockerfile)
+        try:
+            await self._redis.set(job_key(job.id), job.model_dump_json(), ex=self._ttl_s)
+        except BaseException:
+            with suppress(RedisError):  # it expires with the TTL anyway
+                await self.dockerfiles.delete(job.id)
+            raise
 
     async def get(self, job_id: str) -> Job | None:
         raw = await self._redis.get(job_key(job_id))
         return None if raw is None else Job.model_validate_json(raw)
 
     async def get_dockerfile(self, job_id: str) -> str | None:
-        raw = await self._redis.get(dockerfile_key(job_id))
-        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+        return await self.dockerfiles.get(job_id)
 
     async def delete(self, job_id: str) -> None:
-        await self._redis.delete(job_key(job_id), dockerfile_key(job_id))
+        await self._redis.delete(job_key(job_id))
+        await self.dockerfiles.delete(job_id)
 
     async def update(self, job_id: str, change: Callable[[Job], None]) -> Job | None:
         """Apply `change` to the stored job atomically (optimistic WATCH/MULTI), keeping its TTL.
