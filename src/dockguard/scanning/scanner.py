@@ -195,10 +195,20 @@ class Scanner:
         """Download a fresh vulnerability DB into the cache (the only scanner call with network)."""
         if self._backend.name == "local":
             Path(self._settings.scanner_cache_dir).mkdir(parents=True, exist_ok=True)
-        args = ["image", "--download-db-only", "--cache-dir", "{cache}", "--no-progress"]
+        common = ["--cache-dir", "{cache}", "--no-progress"]
         if self._settings.scanner_db_repository:
-            args += ["--db-repository", self._settings.scanner_db_repository]
-        await self._backend.run(args, network=True, timeout_s=self._settings.scanner_timeout_s)
+            common += ["--db-repository", self._settings.scanner_db_repository]
+        await self._backend.run(
+            ["image", "--download-db-only", *common],
+            network=True,
+            timeout_s=self._settings.scanner_timeout_s,
+        )
+        # Java archives in an image need the Java DB too; without it their scan fails (closed).
+        await self._backend.run(
+            ["image", "--download-java-db-only", "--cache-dir", "{cache}", "--no-progress"],
+            network=True,
+            timeout_s=self._settings.scanner_timeout_s,
+        )
         _, db = await self._read_version(fresh=True)
         if db is None:
             raise scanner_failed("the DB download finished but no DB is there")
