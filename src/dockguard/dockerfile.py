@@ -63,7 +63,7 @@ def parse(body: bytes, max_bytes: int) -> Dockerfile:
         raise SubmissionError(ErrorCode.DOCKERFILE_ENCODING, "the Dockerfile contains a NUL byte")
     if not text.strip():
         raise SubmissionError(ErrorCode.DOCKERFILE_EMPTY, "the Dockerfile is empty")
-    lines = text.splitlines()
+    lines = [line.removesuffix("\r") for line in text.split("\n")]  # the engine splits on \n only
     directives, first_line = _read_directives(lines)
     escape = directives.get("escape", "\\")
     if escape not in ("\\", "`"):
@@ -92,6 +92,11 @@ def _read_directives(lines: list[str]) -> tuple[dict[str, str], int]:
 
 
 def _read_instructions(lines: list[str], start: int, escape: str) -> list[Instruction]:
+    """Logical instructions. A line continues only when it ends with an escape character that
+    is not itself escaped, followed by nothing but spaces and tabs: where the engine's parsers
+    have differed (an escaped escape at the end of a line), this reading exposes more
+    instructions to the submission policy, never fewer."""
+    continuation = re.compile(rf"(^|[^{re.escape(escape)}]){re.escape(escape)}[ \t]*$")
     instructions: list[Instruction] = []
     pending: list[str] = []
     pending_line = 0
@@ -103,8 +108,8 @@ def _read_instructions(lines: list[str], start: int, escape: str) -> list[Instru
             continue  # comments may appear inside a continued instruction too
         if not pending:
             pending_line = number
-        if stripped.endswith(escape):
-            pending.append(stripped[: -len(escape)])
+        if match := continuation.search(raw):
+            pending.append(raw[: match.end(1)].strip())
             continue
         pending.append(stripped)
         instructions.append(_instruction(" ".join(pending), pending_line))

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from dockguard import dockerfile as dockerfile_parser
+from dockguard import submission_policy
 from dockguard.errors import (
     ErrorCode,
     JobFailure,
@@ -40,6 +41,21 @@ def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
+
+def get_submission_policy(
+    request: Request, services: ServicesDep
+) -> submission_policy.SubmissionPolicy:
+    """Built from the settings on the first submission, then kept for the app's lifetime."""
+    state = request.app.state
+    policy: submission_policy.SubmissionPolicy | None = getattr(state, "submission_policy", None)
+    if policy is None:
+        policy = submission_policy.SubmissionPolicy.from_settings(services.settings)
+        state.submission_policy = policy
+    return policy
+
+
+PolicyDep = Annotated[submission_policy.SubmissionPolicy, Depends(get_submission_policy)]
+
 _SUBMIT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -59,15 +75,17 @@ _SUBMIT_BODY: dict[str, Any] = {
     summary="Submit a Dockerfile",
     description=(
         "Stores the Dockerfile and queues a job that scans it, builds it, runs the image in the "
-        "sandbox and collects `/data/perf.json`. Returns at once; poll the `Location`."
+        "sandbox and collects `/data/perf.json`. Returns at once; poll the `Location`. "
+        "A Dockerfile the submission policy forbids is refused with 400 `dockerfile_forbidden`."
     ),
     openapi_extra=_SUBMIT_BODY,
     responses=problem_responses(400, 413, 415, 422, 503),
 )
-async def submit_job(request: Request, services: ServicesDep) -> JSONResponse:
+async def submit_job(request: Request, services: ServicesDep, policy: PolicyDep) -> JSONResponse:
     limit = services.settings.max_dockerfile_bytes
     body = await _dockerfile_bytes(request, limit)
     parsed = dockerfile_parser.parse(body, limit)
+    submission_policy.check(parsed, policy)
     job = Job(id=uuid.uuid4().hex, dockerfile_sha256=parsed.sha256, dockerfile_bytes=len(body))
     await services.store.create(job, parsed.text)
     try:
