@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import asdict
 
 from dockguard import models
 from dockguard.errors import ErrorCode, JobFailure
@@ -138,21 +139,13 @@ class _Pipeline:
 
     async def build(self, dockerfile: str) -> Prepared:
         await self.update(lambda job: _advance(job, JobStatus.BUILDING))
-        s = self.settings
-        limits = BuildLimits(
-            timeout_s=s.build_timeout_s,
-            memory_mb=s.build_memory_mb,
-            network=s.build_network,
-            nocache=s.build_nocache,
-            cpus=s.build_cpus,
-            pids=s.build_pids,
-            file_size_mb=s.build_file_size_mb,
-            nofile=s.run_nofile,
-        )
+        limits = BuildLimits.from_settings(self.settings)
         try:
             outcome = await self.services.sandbox.build(self.job_id, dockerfile, limits)
         except BuildFailure as failure:
-            failed = BuildInfo(log_tail=failure.log_tail, limits=_recorded(limits))
+            failed = BuildInfo(
+                log_tail=failure.log_tail, limits=models.BuildLimits(**asdict(limits))
+            )
             await self.update(lambda job: setattr(job, "build", failed))
             raise
 
@@ -161,7 +154,7 @@ class _Pipeline:
                 image_id=outcome.image_id,
                 duration_s=outcome.duration_s,
                 log_tail=outcome.log_tail,
-                limits=_recorded(limits),
+                limits=models.BuildLimits(**asdict(limits)),
             )
 
         await self.update(record)
@@ -175,27 +168,8 @@ class _Pipeline:
 
     async def run(self, prepared: Prepared) -> JobResult:
         settings = self.settings
-        limits = SandboxRunLimits(
-            timeout_s=settings.run_timeout_s,
-            memory_mb=settings.run_memory_mb,
-            cpus=settings.run_cpus,
-            pids=settings.run_pids,
-            tmpfs_mb=settings.run_tmpfs_mb,
-            file_size_mb=settings.run_file_size_mb,
-            nofile=settings.run_nofile,
-            runtime=settings.runtime,
-        )
-        recorded_limits = RunLimits(
-            memory_mb=limits.memory_mb,
-            cpus=limits.cpus,
-            pids=limits.pids,
-            timeout_s=limits.timeout_s,
-            user=prepared.user,
-            tmpfs_mb=limits.tmpfs_mb,
-            file_size_mb=limits.file_size_mb,
-            nofile=limits.nofile,
-            runtime=limits.runtime,
-        )
+        limits = SandboxRunLimits.from_settings(settings)
+        recorded_limits = RunLimits(**asdict(limits), user=prepared.user)
 
         def start(job: Job) -> None:
             _advance(job, JobStatus.RUNNING)
@@ -220,18 +194,6 @@ class _Pipeline:
             raise failure
         raw = await sandbox.fetch_result(outcome.container_id, settings.result_max_bytes)
         return parse_result(raw)
-
-
-def _recorded(limits: BuildLimits) -> models.BuildLimits:
-    return models.BuildLimits(
-        memory_mb=limits.memory_mb,
-        cpus=limits.cpus,
-        pids=limits.pids,
-        timeout_s=limits.timeout_s,
-        network=limits.network,
-        nocache=limits.nocache,
-        file_size_mb=limits.file_size_mb,
-    )
 
 
 def _advance(job: Job, status: JobStatus) -> None:

@@ -17,6 +17,7 @@ import aiodocker
 from dockguard.errors import ErrorCode, JobFailure
 from dockguard.sandbox import http, names
 from dockguard.sandbox.cgroups import BuildCgroup, CgroupUnavailable
+from dockguard.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,19 @@ class BuildLimits:
     pids: int = 1024  # 0: no limit (see cgroups.py)
     file_size_mb: int = 4096
     nofile: int = 1024
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> BuildLimits:
+        return cls(
+            timeout_s=s.build_timeout_s,
+            memory_mb=s.build_memory_mb,
+            network=s.build_network,
+            nocache=s.build_nocache,
+            cpus=s.build_cpus,
+            pids=s.build_pids,
+            file_size_mb=s.build_file_size_mb,
+            nofile=s.run_nofile,
+        )
 
 
 class BuildFailure(JobFailure):

@@ -14,6 +14,7 @@ import aiohttp
 
 from dockguard.errors import ErrorCode, JobFailure
 from dockguard.sandbox import names
+from dockguard.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,19 @@ class RunLimits:
     file_size_mb: int = 256
     nofile: int = 1024
     runtime: str | None = None
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> RunLimits:
+        return cls(
+            timeout_s=s.run_timeout_s,
+            memory_mb=s.run_memory_mb,
+            cpus=s.run_cpus,
+            pids=s.run_pids,
+            tmpfs_mb=s.run_tmpfs_mb,
+            file_size_mb=s.run_file_size_mb,
+            nofile=s.run_nofile,
+            runtime=s.runtime,
+        )
 
 
 @dataclass

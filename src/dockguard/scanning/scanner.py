@@ -8,6 +8,7 @@ import hashlib
 import logging
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -106,25 +107,15 @@ class Scanner:
     async def scan_dockerfile(self, text: str, job_id: str) -> ScanReport:
         started = time.monotonic()
         info = await self.info()
+
+        async def scan(work: Path) -> list[Finding]:
+            (work / "Dockerfile").write_text(text, encoding="utf-8")
+            args = ["config", "--quiet", "--skip-check-update", "--disable-telemetry"]
+            args += ["--cache-backend", "memory", "--cache-dir", "{tmp}/trivy", "{work}"]
+            return parse_config_report(await self._trivy(*args, work=work, job_id=job_id))
+
         key = dockerfile_scan_key(hashlib.sha256(text.encode()).hexdigest(), info.version)
-        findings = await self._cache.get(key)
-        cached = findings is not None
-        if findings is None:
-            with tempfile.TemporaryDirectory(prefix="dockguard-scan-") as work:
-                Path(work, "Dockerfile").write_text(text, encoding="utf-8")
-                raw = await self._backend.run(
-                    [
-                        "config", "--format", "json", "--output", "{out}", "--quiet",
-                        "--skip-check-update", "--disable-telemetry",
-                        "--cache-backend", "memory", "--cache-dir", "{tmp}/trivy",
-                        "--timeout", f"{int(self._settings.scanner_timeout_s)}s", "{work}",
-                    ],
-                    work=Path(work),
-                    job_id=job_id,
-                    timeout_s=self._settings.scanner_timeout_s,
-                )  # fmt: skip
-            findings = parse_config_report(raw)
-            await self._cache.put(key, findings)
+        findings, cached = await self._cached(key, scan)
         return self._report(findings, info, None, cached, started)
 
     async def scan_image(self, image_id: str, job_id: str) -> ScanReport:
@@ -132,25 +123,36 @@ class Scanner:
         info = await self.info()
         _, metadata = await self._read_version()
         db = self._check_db(metadata)
+
+        async def scan(work: Path) -> list[Finding]:
+            await self._export(image_id, work / "image.tar")
+            args = ["image", "--input", "{work}/image.tar", "--quiet", "--scanners", "vuln"]
+            return parse_image_report(await self._trivy(*args, *_OFFLINE, work=work, job_id=job_id))
+
         key = image_scan_key(image_id, info.version, db.updated_at.isoformat())
-        findings = await self._cache.get(key)
-        cached = findings is not None
-        if findings is None:
-            with tempfile.TemporaryDirectory(prefix="dockguard-scan-") as work:
-                await self._export(image_id, Path(work, "image.tar"))
-                raw = await self._backend.run(
-                    [
-                        "image", "--input", "{work}/image.tar", "--format", "json",
-                        "--output", "{out}", "--quiet", "--scanners", "vuln",
-                        "--timeout", f"{int(self._settings.scanner_timeout_s)}s", *_OFFLINE,
-                    ],
-                    work=Path(work),
-                    job_id=job_id,
-                    timeout_s=self._settings.scanner_timeout_s,
-                )  # fmt: skip
-            findings = parse_image_report(raw)
-            await self._cache.put(key, findings)
+        findings, cached = await self._cached(key, scan)
         return self._report(findings, info, db, cached, started)
+
+    async def _cached(
+        self, key: str, scan: Callable[[Path], Awaitable[list[Finding]]]
+    ) -> tuple[list[Finding], bool]:
+        """Findings from the cache, or from `scan` (given a fresh work directory), then cached."""
+        if (findings := await self._cache.get(key)) is not None:
+            return findings, True
+        with tempfile.TemporaryDirectory(prefix="dockguard-scan-") as work:
+            findings = await scan(Path(work))
+        await self._cache.put(key, findings)
+        return findings, False
+
+    async def _trivy(self, *args: str, work: Path, job_id: str) -> bytes:
+        """A scan's trivy run: JSON written to `{out}`, bounded by the scanner timeout."""
+        timeout_s = self._settings.scanner_timeout_s
+        return await self._backend.run(
+            [*args, "--format", "json", "--output", "{out}", "--timeout", f"{int(timeout_s)}s"],
+            work=work,
+            job_id=job_id,
+            timeout_s=timeout_s,
+        )
 
     async def _export(self, image_id: str, target: Path) -> None:
         """`docker save` of the image into `target`, streamed, refusing absurd sizes."""
