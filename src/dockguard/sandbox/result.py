@@ -57,7 +57,8 @@ def parse_result(raw: bytes) -> JobResult:
     except RecursionError as exc:
         raise _invalid("it is nested too deeply") from exc
     except ValueError as exc:
-        # Also catches integers longer than Python's int max str digits.
+        if "integer string conversion" in str(exc):  # Python's int max str digits limit
+            raise _invalid("it holds an integer with too many digits") from exc
         raise _invalid("it is not strict JSON with finite numbers") from exc
     if not isinstance(data, dict):
         raise _invalid("it must be a JSON object")
