@@ -245,3 +245,10 @@ async def test_build_network_none_blocks_the_network_in_run_steps(instances: Ins
     connected = await instances.get(build_network="bridge")  # the same check fails with a network
     job = await connected.run(dockerfile)
     assert job["error"]["code"] == "build_failed"
+
+
+async def test_build_without_a_process_limit(instances: Instances) -> None:
+    unlimited = await instances.get(build_pids=0)
+    job = await unlimited.run(writes('{"perf": 1}'))
+    assert job["status"] == "succeeded", job["error"]
+    assert job["build"]["limits"]["pids"] == 0

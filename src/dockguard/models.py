@@ -137,6 +137,7 @@ class BuildLimits(BaseModel):
     network: str
     nocache: bool
     file_size_mb: int
+    nofile: int | None = None
 
 
 class RunInfo(BaseModel):

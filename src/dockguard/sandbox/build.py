@@ -127,6 +127,9 @@ class Builder:
         try:
             async with asyncio.timeout(limits.timeout_s):
                 if limits.pids:
+                    if not str(self._docker.docker_host).startswith("unix://"):
+                        # The parent cgroup must exist on the engine's host, not this one.
+                        raise CgroupUnavailable("the engine is not on this worker's host")
                     params["cgroupparent"] = await asyncio.to_thread(cgroup.create)
                 await self._stream(params, body, progress)
         except TimeoutError as exc:

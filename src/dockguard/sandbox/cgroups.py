@@ -49,6 +49,12 @@ class BuildCgroup:
             else self._root / "pids" / PARENT / self.name
         )
         try:
+            if self._v2:  # the pids controller must be enabled down to our directory
+                (self._root / PARENT).mkdir(exist_ok=True)
+                for parent in (self._root, self._root / PARENT):
+                    control = parent / "cgroup.subtree_control"
+                    if "pids" not in control.read_text().split():
+                        control.write_text("+pids")
             limit_dir.mkdir(parents=True, exist_ok=True)
             (limit_dir / "pids.max").write_text(str(self._pids))
         except OSError as exc:

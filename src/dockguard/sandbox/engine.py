@@ -7,7 +7,7 @@ import io
 import logging
 import tarfile
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiodocker
 import aiohttp
@@ -66,11 +66,8 @@ class Sandbox:
             data_dir.type, data_dir.mode = tarfile.DIRTYPE, 0o755
             tar.addfile(data_dir)
         dockerfile = f"FROM {image_id}\nCOPY --chown={user} data /data\n"
-        finalize = BuildLimits(
-            timeout_s=min(limits.timeout_s, 120),
-            memory_mb=limits.memory_mb,
-            network="none",
-            nocache=True,
+        finalize = replace(
+            limits, timeout_s=min(limits.timeout_s, 120), network="none", nocache=True
         )
         try:
             outcome = await self._builder.build(

@@ -57,7 +57,7 @@ class RunOutcome:
 
 
 def host_config(limits: RunLimits, volume: str) -> dict[str, Any]:
-    """The sandbox, as Engine API HostConfig fields. README's security model explains each line."""
+    """The sandbox, as Engine API HostConfig fields. SECURITY.md's checklist explains each line."""
     memory = limits.memory_mb * 1024 * 1024
     file_size = limits.file_size_mb * 1024 * 1024
     return {

@@ -205,12 +205,16 @@ class Scanner:
             network=True,
             timeout_s=self._settings.scanner_timeout_s,
         )
-        # Java archives in an image need the Java DB too; without it their scan fails (closed).
-        await self._backend.run(
-            ["image", "--download-java-db-only", "--cache-dir", "{cache}", "--no-progress"],
-            network=True,
-            timeout_s=self._settings.scanner_timeout_s,
-        )
+        # Java archives in an image need the Java DB too; without it their scan fails (closed),
+        # so a failed Java DB download (e.g. no mirror for it) does not fail the update.
+        try:
+            await self._backend.run(
+                ["image", "--download-java-db-only", "--cache-dir", "{cache}", "--no-progress"],
+                network=True,
+                timeout_s=self._settings.scanner_timeout_s,
+            )
+        except JobFailure as failure:
+            log.warning("Java DB download failed", extra={"why": failure.message})
         _, db = await self._read_version(fresh=True)
         if db is None:
             raise scanner_failed("the DB download finished but no DB is there")

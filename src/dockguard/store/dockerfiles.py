@@ -13,9 +13,9 @@ whoever can write to Redis can replace the job queue itself, so keep Redis priva
 Rotating the key. `DOCKGUARD_ENCRYPTION_KEY` takes a comma-separated list of Fernet keys; the
 first encrypts every new Dockerfile, all of them decrypt. Make a key with
     python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"
-1. Put the new key first and keep the old ones after it: `DOCKGUARD_ENCRYPTION_KEY=new,old`.
-   Restart every API and worker process (each must be able to read what another one wrote, so
-   roll out the list containing both keys everywhere before any process drops the old one).
+1. Add the new key after the old one everywhere (`DOCKGUARD_ENCRYPTION_KEY=old,new`) and restart
+   every API and worker process, so that every process can read the new key before any writes
+   with it; then put it first everywhere (`new,old`) and restart again.
 2. Wait until every Dockerfile written with the old key is gone: at most DOCKGUARD_JOB_TTL_S
    after the last write with it, plus DOCKGUARD_KEEP_DOCKERFILE_S when that keeps Dockerfiles
    after their job ends.
