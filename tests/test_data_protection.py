@@ -20,7 +20,7 @@ from dockguard.models import Job
 from dockguard.settings import Settings
 from dockguard.store import JobStore
 from dockguard.store.dockerfiles import DockerfileStore, DockerfileUnreadable, cipher
-from dockguard.store.jobs import dockerfile_key, job_key
+from dockguard.store.keys import dockerfile_key, job_key
 from tests.conftest import Instances
 from tests.test_pipeline import writes
 

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from dockguard.models import ErrorInfo, Job, JobStatus
 from dockguard.store import JobStore, StaleUpdate
-from dockguard.store.jobs import dockerfile_key, job_key
+from dockguard.store.keys import dockerfile_key, job_key
 from tests.conftest import Instances
 
 
@@ -34,7 +34,7 @@ async def test_create_stores_job_and_dockerfile_with_ttl(redis: Redis) -> None:
     await store.create(new_job(), "FROM busybox\n")
     assert 95 <= await redis.ttl(job_key("a" * 32)) <= 100
     assert 95 <= await redis.ttl(dockerfile_key("a" * 32)) <= 100
-    assert await store.get_dockerfile("a" * 32) == "FROM busybox\n"
+    assert await store.dockerfiles.get("a" * 32) == "FROM busybox\n"
     assert (await store.get("a" * 32)).status == JobStatus.QUEUED  # type: ignore[union-attr]
 
 

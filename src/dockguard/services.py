@@ -17,9 +17,8 @@ from dockguard.scanning import ContainerTrivy, LocalTrivy, Scanner, TrivyBackend
 from dockguard.settings import Settings
 from dockguard.store import JobStore
 from dockguard.store.dockerfiles import DockerfileStore, cipher
+from dockguard.store.keys import QUEUE_NAME
 from dockguard.store.scan_cache import ScanCache
-
-QUEUE_NAME = "dockguard:queue"
 
 
 def serialize(payload: dict[str, Any]) -> bytes:

@@ -12,11 +12,10 @@ from arq.cron import CronJob, cron
 
 from dockguard.errors import JobFailure
 from dockguard.services import Services
-from dockguard.store.jobs import PREFIX
+from dockguard.store.keys import DB_REFRESH_LOCK
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = f"{PREFIX}:scanner:db-refresh-lock"
 _LOCK_S = 1800
 
 
@@ -30,7 +29,7 @@ async def refresh_db(services: Services) -> str:
     due_h = services.settings.scanner_db_refresh_h
     if status.db_age_h is not None and status.db_age_h < due_h:
         return "fresh"
-    if not await services.redis.set(LOCK_KEY, "1", nx=True, ex=_LOCK_S):
+    if not await services.redis.set(DB_REFRESH_LOCK, "1", nx=True, ex=_LOCK_S):
         return "another worker is refreshing"
     try:
         db = await services.scanner.update_db()
@@ -38,7 +37,7 @@ async def refresh_db(services: Services) -> str:
         log.warning("vulnerability DB refresh failed", extra={"why": failure.message})
         return "failed"
     finally:
-        await services.redis.delete(LOCK_KEY)
+        await services.redis.delete(DB_REFRESH_LOCK)
     age_h = (datetime.now(UTC) - db.updated_at).total_seconds() / 3600
     log.info("vulnerability DB refreshed", extra={"updated_at": str(db.updated_at), "age_h": age_h})
     return "refreshed"

@@ -10,7 +10,8 @@ from arq import Worker, func
 from dockguard.jobs.dbrefresh import refresh_cron
 from dockguard.jobs.pipeline import run_job
 from dockguard.jobs.sweeper import sweep_cron
-from dockguard.services import QUEUE_NAME, Services, deserialize, job_timeout_s, serialize
+from dockguard.services import Services, deserialize, job_timeout_s, serialize
+from dockguard.store.keys import QUEUE_NAME
 
 TASK = "run_job"
 

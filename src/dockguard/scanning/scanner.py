@@ -26,7 +26,8 @@ from dockguard.scanning.report import (
     scanner_failed,
 )
 from dockguard.settings import Settings
-from dockguard.store.scan_cache import ScanCache, dockerfile_scan_key, image_scan_key
+from dockguard.store.keys import dockerfile_scan_key, image_scan_key
+from dockguard.store.scan_cache import ScanCache
 
 log = logging.getLogger(__name__)
 

@@ -1,3 +1,3 @@
-from dockguard.store.jobs import JobStore, StaleUpdate, job_key
+from dockguard.store.jobs import JobStore, StaleUpdate
 
-__all__ = ["JobStore", "StaleUpdate", "job_key"]
+__all__ = ["JobStore", "StaleUpdate"]

@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from dockguard.errors import ErrorCode, JobFailure
-from dockguard.store.jobs import dockerfile_key
+from dockguard.store.keys import dockerfile_key
 
 log = logging.getLogger(__name__)
 

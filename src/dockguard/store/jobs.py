@@ -1,37 +1,21 @@
-"""Every Redis key dockguard writes is built here, and every job record write goes through
-`JobStore.update`, which enforces that a job's status only moves forward."""
+"""Job records. Every job record write goes through `JobStore.update`, which enforces that a
+job's status only moves forward. (Every Redis key is built in keys.py.)"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from dockguard.models import Job, utcnow
-
-if TYPE_CHECKING:
-    from dockguard.store.dockerfiles import DockerfileStore
-
-PREFIX = "dockguard"
-
-
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}"
-
-
-def dockerfile_key(job_id: str) -> str:
-    return f"{PREFIX}:dockerfile:{job_id}"
+from dockguard.store.dockerfiles import DockerfileStore
+from dockguard.store.keys import job_key
 
 
 class StaleUpdate(Exception):
     """The update would move a job's status backwards (e.g. a retried step after the job ended)."""
-
-
-class JobReader(Protocol):
-    async def get(self, job_id: str) -> Job | None: ...
 
 
 class JobStore:
@@ -40,14 +24,9 @@ class JobStore:
     def __init__(
         self, redis: Redis, ttl_s: int, dockerfiles: DockerfileStore | None = None
     ) -> None:
-        if dockerfiles is None:
-            # Imported here: dockerfiles.py builds its key with this module's `dockerfile_key`.
-            from dockguard.store.dockerfiles import DockerfileStore
-
-            dockerfiles = DockerfileStore(redis, ttl_s)
         self._redis = redis
         self._ttl_s = ttl_s
-        self.dockerfiles = dockerfiles
+        self.dockerfiles = dockerfiles or DockerfileStore(redis, ttl_s)
 
     async def create(self, job: Job, dockerfile: str) -> None:
         """Store the Dockerfile, then the job, both expiring after the job TTL.
@@ -65,9 +44,6 @@ class JobStore:
     async def get(self, job_id: str) -> Job | None:
         raw = await self._redis.get(job_key(job_id))
         return None if raw is None else Job.model_validate_json(raw)
-
-    async def get_dockerfile(self, job_id: str) -> str | None:
-        return await self.dockerfiles.get(job_id)
 
     async def delete(self, job_id: str) -> None:
         await self._redis.delete(job_key(job_id))

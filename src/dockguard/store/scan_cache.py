@@ -8,17 +8,8 @@ from pydantic import TypeAdapter
 from redis.asyncio import Redis
 
 from dockguard.models import Finding
-from dockguard.store.jobs import PREFIX
 
 _FINDINGS = TypeAdapter(list[Finding])
-
-
-def dockerfile_scan_key(sha256: str, scanner_version: str) -> str:
-    return f"{PREFIX}:scan-cache:dockerfile:{sha256}:{scanner_version}"
-
-
-def image_scan_key(image_id: str, scanner_version: str, db_updated_at: str) -> str:
-    return f"{PREFIX}:scan-cache:image:{image_id}:{scanner_version}:{db_updated_at}"
 
 
 class ScanCache:

@@ -1,0 +1,24 @@
+"""Every Redis key dockguard writes, built in one place. (arq adds its own `arq:*` keys for the
+queue's jobs and results.)"""
+
+from __future__ import annotations
+
+PREFIX = "dockguard"
+QUEUE_NAME = f"{PREFIX}:queue"
+DB_REFRESH_LOCK = f"{PREFIX}:scanner:db-refresh-lock"
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def dockerfile_key(job_id: str) -> str:
+    return f"{PREFIX}:dockerfile:{job_id}"
+
+
+def dockerfile_scan_key(sha256: str, scanner_version: str) -> str:
+    return f"{PREFIX}:scan-cache:dockerfile:{sha256}:{scanner_version}"
+
+
+def image_scan_key(image_id: str, scanner_version: str, db_updated_at: str) -> str:
+    return f"{PREFIX}:scan-cache:image:{image_id}:{scanner_version}:{db_updated_at}"
