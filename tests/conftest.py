@@ -25,6 +25,7 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+from redis.asyncio import Redis
 
 from dockguard.api import create_app
 from dockguard.sandbox import names
@@ -34,6 +35,11 @@ from tests.trivydb import Vulnerability, write_db
 
 TERMINAL = {"succeeded", "failed", "rejected", "cancelled"}
 BASE_IMAGES = ("busybox:latest", "debian:bookworm-slim")
+# Redis databases: instances take 0, 1, 2, … in order; tests that need a database of their own
+# take them from the top, so the two can never meet.
+DATABASES = 256
+SCRATCH_DB = DATABASES - 1  # the `redis` fixture's
+DOCKERFILE_DB = DATABASES - 2  # test_data_protection's separate Dockerfile Redis
 
 
 def _free_socket() -> socket.socket:
@@ -53,7 +59,7 @@ def redis_port() -> Iterator[int]:
     workdir = tempfile.mkdtemp(prefix="dockguard-test-redis-")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--databases", "32"],
+         "--dir", workdir, "--databases", str(DATABASES)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 10
@@ -147,6 +153,7 @@ class Instances:
     async def _start(
         self, database: int, overrides: dict[str, Any]
     ) -> tuple[Dockguard, uvicorn.Server, asyncio.Task[None]]:
+        assert database < DOCKERFILE_DB, "more instances than Redis databases for them"
         values: dict[str, Any] = {
             "redis_url": f"redis://127.0.0.1:{self._redis_port}/{database}",
             "run_timeout_s": 60,
@@ -228,6 +235,16 @@ async def instances(
 async def dockguard(instances: Instances) -> Dockguard:
     """dockguard with default settings (but for shorter timeouts)."""
     return await instances.get()
+
+
+@pytest_asyncio.fixture
+async def redis(redis_port: int) -> AsyncIterator[Redis]:
+    """A client of an empty Redis database no dockguard instance uses, emptied again after."""
+    client = Redis(host="127.0.0.1", port=redis_port, db=SCRATCH_DB)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
 
 
 async def leftovers(docker: aiodocker.Docker, job_id: str) -> list[str]:

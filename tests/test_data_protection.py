@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from cryptography.fernet import Fernet
 from pydantic import SecretStr, ValidationError
 from redis.asyncio import Redis
@@ -21,22 +19,13 @@ from dockguard.settings import Settings
 from dockguard.store import JobStore
 from dockguard.store.dockerfiles import DockerfileStore, DockerfileUnreadable, cipher
 from dockguard.store.keys import dockerfile_key, job_key
-from tests.conftest import Instances
+from tests.conftest import DOCKERFILE_DB, Instances
 from tests.test_pipeline import writes
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()
 TEXT = "FROM busybox:latest\nUSER 1000\nRUN echo a-secret-token-of-the-client\n"
 DOCKERFILE = writes('{"perf": 0.5}')
-
-
-@pytest_asyncio.fixture
-async def redis(redis_port: int) -> AsyncIterator[Redis]:
-    client = Redis(host="127.0.0.1", port=redis_port, db=30)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
 
 
 def store(redis: Redis, keys: str | None = None, keep_s: int = 0) -> DockerfileStore:
@@ -176,7 +165,7 @@ async def test_a_job_whose_key_was_dropped_fails_clearly(instances: Instances) -
 
 
 async def test_dockerfiles_in_their_own_redis(instances: Instances, redis_port: int) -> None:
-    own = f"redis://127.0.0.1:{redis_port}/29"
+    own = f"redis://127.0.0.1:{redis_port}/{DOCKERFILE_DB}"
     dockguard = await instances.get(dockerfile_redis_url=own, keep_dockerfile_s=60)
     job = await dockguard.run(DOCKERFILE)
     assert job["status"] == "succeeded", job["error"]

@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from redis.asyncio import Redis
 
 from dockguard.models import ErrorInfo, Job, JobStatus
 from dockguard.store import JobStore, StaleUpdate
 from dockguard.store.keys import dockerfile_key, job_key
 from tests.conftest import Instances
-
-
-@pytest_asyncio.fixture
-async def redis(redis_port: int) -> AsyncIterator[Redis]:
-    client = Redis(host="127.0.0.1", port=redis_port, db=31)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
 
 
 def new_job(job_id: str = "a" * 32) -> Job:
