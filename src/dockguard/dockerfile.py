@@ -1,5 +1,19 @@
-"""Checks a submitted Dockerfile before it becomes a job: size, encoding, and a parse that follows
-the engine's own rules (parser directives, escape character, line continuations, comments)."""
+"""Reads a submitted Dockerfile exactly as the engine's builder will, before it becomes a job.
+
+The submission policy is only as good as this reading: where two parsers disagree on where an
+instruction starts or ends, an instruction can hide from one of them. So this module is a port of
+the parser the engine runs (Docker Engine 20.10's classic builder, which vendors
+`moby/buildkit/frontend/dockerfile/parser` at v0.8: `Parse`, `processLine`,
+`trimContinuationCharacter`, `possibleParserDirective`, `splitCommand`, `extractBuilderFlags`),
+with Go's notions of whitespace, not Python's (`str.strip` and `\\s` also treat U+001C to
+U+001F and other characters as space; Go's `unicode.IsSpace`, `strings.TrimSpace` and RE2's
+ASCII `\\s` do not). `tests/test_parser_differential.py` checks that the two agree on generated
+input, against the real engine.
+
+On top of the engine's rules, characters whose reading differs between tools are refused
+outright: C0 and C1 control characters other than tab, CR and LF (and DEL), a CR that does not
+end a line, and non-ASCII whitespace outside quoted strings and comments.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +30,38 @@ INSTRUCTIONS = frozenset(
         "WORKDIR",
     }
 )  # fmt: skip
-_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9_-]*)\s*=\s*(.*?)\s*$")
+
+# Go's unicode.IsSpace: what strings.TrimSpace and bytes.TrimLeftFunc(…, unicode.IsSpace) remove.
+GO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + ("\u2028\u2029\u202f\u205f\u3000")
+)
+_NON_ASCII_SPACE = frozenset(
+    ch for ch in GO_SPACE if ord(ch) > 0x7F
+) | frozenset(  # and what Python alone calls space, for good measure
+    chr(code) for code in range(0x80, 0x3001) if chr(code).isspace()
+)
+_GO_SPACE_BYTES = frozenset(b"\t\n\v\f\r \x85\xa0")  # unicode.IsSpace(rune(aByte))
+_WHITESPACE = re.compile(r"[\t\v\f\r ]+")  # the parser's reWhitespace, which splits the keyword
+# RE2's `\s` is ASCII [\t\n\f\r ]; the key takes letters and digits only.
+_DIRECTIVE = re.compile(
+    r"^#[\t\n\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*$"
+)
+_VALID_DIRECTIVES = frozenset({"escape", "syntax"})
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_LONE_CR = re.compile(r"\r(?!\n)")
+_MAX_LINE_BYTES = 65535  # bufio.Scanner's token limit, where the engine's parser stops
 
 
 @dataclass(frozen=True)
 class Instruction:
-    keyword: str
-    arguments: str
+    keyword: str  # upper-case, as the engine matches it
+    flags: tuple[str, ...]  # the leading `--name[=value]` words, unquoted, with their `--`
+    arguments: str  # what follows the flags, trimmed
+    original: str  # the logical line as the engine prints it in `Step N/M : …`
     line: int
+    end_line: int
 
 
 @dataclass(frozen=True)
@@ -33,6 +71,8 @@ class Dockerfile:
     sha256: str
     directives: dict[str, str]
     instructions: tuple[Instruction, ...]
+    leading_comments: tuple[tuple[int, str], ...]  # (line, comment) before the first instruction
+    directives_end: int  # the line that ended the engine's search for parser directives
 
 
 def _invalid(message: str) -> SubmissionError:
@@ -54,80 +94,275 @@ def decode(body: bytes, max_bytes: int) -> str:
             ErrorCode.DOCKERFILE_ENCODING,
             f"the Dockerfile is not valid UTF-8 (byte offset {exc.start})",
         ) from None
-    return text.removeprefix("\ufeff")
+    return text.removeprefix("\ufeff")  # as the engine strips a BOM from its first line
 
 
 def parse(body: bytes, max_bytes: int) -> Dockerfile:
     text = decode(body, max_bytes)
-    if "\x00" in text:
-        raise SubmissionError(ErrorCode.DOCKERFILE_ENCODING, "the Dockerfile contains a NUL byte")
-    if not text.strip():
+    _check_characters(text)
+    if not text.strip(GO_SPACE):
         raise SubmissionError(ErrorCode.DOCKERFILE_EMPTY, "the Dockerfile is empty")
-    lines = [line.removesuffix("\r") for line in text.split("\n")]  # the engine splits on \n only
-    directives, first_line = _read_directives(lines)
-    escape = directives.get("escape", "\\")
-    if escape not in ("\\", "`"):
-        raise _invalid(f"line 1: invalid escape directive {escape!r} (expected \\ or `)")
-    instructions = _read_instructions(lines, first_line, escape)
-    _check_order(instructions)
+    reader = _Reader(_scan_lines(text))
+    reader.read()
+    _check_order(reader.instructions)
     return Dockerfile(
         text=text,
         size_bytes=len(body),
         sha256=hashlib.sha256(body).hexdigest(),
-        directives=directives,
-        instructions=tuple(instructions),
+        directives=reader.directives,
+        instructions=tuple(reader.instructions),
+        leading_comments=tuple(reader.leading_comments),
+        directives_end=reader.directives_end,
     )
 
 
-def _read_directives(lines: list[str]) -> tuple[dict[str, str], int]:
-    """Parser directives are `# key=value` comments before anything else; the first other line
-    (blank, comment or instruction) ends them, as in the engine."""
-    directives: dict[str, str] = {}
-    for index, line in enumerate(lines):
-        match = _DIRECTIVE.match(line.strip())
-        if not match:
-            return directives, index
-        directives[match.group(1).lower()] = match.group(2)
-    return directives, len(lines)
+def _check_characters(text: str) -> None:
+    """Refuse characters that tools read differently: control characters (NUL included) and
+    a carriage return anywhere but before a line feed."""
+    if match := _CONTROL.search(text):
+        char = match.group()
+        what = "a NUL byte" if char == "\x00" else f"the control character U+{ord(char):04X}"
+        raise SubmissionError(
+            ErrorCode.DOCKERFILE_ENCODING,
+            f"line {_line_of(text, match.start())}: the Dockerfile contains {what} "
+            "(only tab, CR and LF are allowed)",
+        )
+    if match := _LONE_CR.search(text):
+        raise _invalid(
+            f"line {_line_of(text, match.start())}: a carriage return must be followed by a "
+            "line feed (lines end with LF or CRLF)"
+        )
 
 
-def _read_instructions(lines: list[str], start: int, escape: str) -> list[Instruction]:
-    """Logical instructions. A line continues only when it ends with an escape character that
-    is not itself escaped, followed by nothing but spaces and tabs: where the engine's parsers
-    have differed (an escaped escape at the end of a line), this reading exposes more
-    instructions to the submission policy, never fewer."""
-    continuation = re.compile(rf"(^|[^{re.escape(escape)}]){re.escape(escape)}[ \t]*$")
-    instructions: list[Instruction] = []
-    pending: list[str] = []
-    pending_line = 0
-    for number, raw in enumerate(lines[start:], start=start + 1):
-        stripped = raw.strip()
-        if not pending and not stripped:
+def _line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+def _scan_lines(text: str) -> list[str]:
+    """bufio.ScanLines: split at LF, drop one CR before it, no empty token after a final LF."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        if len(line.encode("utf-8")) >= _MAX_LINE_BYTES:
+            raise _invalid(f"line {number}: longer than the engine's {_MAX_LINE_BYTES}-byte limit")
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _ltrim(line: str) -> str:
+    return line.lstrip(GO_SPACE)
+
+
+def _is_comment(line: str) -> bool:
+    return _ltrim(line).startswith("#")
+
+
+class _Reader:
+    """The engine's `parser.Parse` loop, line for line."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.directives: dict[str, str] = {}
+        self.directives_end = 0
+        self.escape = "\\"
+        self.continuation = _continuation("\\")
+        self.instructions: list[Instruction] = []
+        self.leading_comments: list[tuple[int, str]] = []
+
+    def read(self) -> None:
+        lines, index = self.lines, 0
+        while index < len(lines):
+            raw = lines[index]
+            index += 1
+            start = index
+            token = _ltrim(raw)
+            _check_spaces_only(raw[: len(raw) - len(token)], start)
+            self._possible_directive(token, start)
+            if token.startswith("#"):
+                self._comment(raw, start)
+                token = ""  # trimComments
+            line, end_of_line = self._trim_continuation(token)
+            if end_of_line and not line:
+                continue
+            while not end_of_line and index < len(lines):
+                raw = lines[index]
+                index += 1
+                if _is_comment(raw):
+                    self._comment(raw, index)
+                    continue
+                if not _ltrim(raw):  # an empty continuation line: skipped, the line goes on
+                    _check_spaces_only(raw, index)
+                    continue
+                more, end_of_line = self._trim_continuation(raw)
+                line += more
+            if not end_of_line:
+                # The engine ends it there; but nothing may follow it (dockguard adds lines).
+                raise _invalid(f"line {index}: the Dockerfile ends inside a continued instruction")
+            self.instructions.append(self._instruction(line, start, index))
+
+    def _possible_directive(self, token: str, number: int) -> None:
+        if self.directives_end:
+            return
+        match = _DIRECTIVE.match(token)
+        key = match.group(1).lower() if match else ""
+        if key not in _VALID_DIRECTIVES:
+            self.directives_end = number
+            return
+        if key in self.directives:
+            raise _invalid(f"line {number}: only one {key} parser directive can be used")
+        assert match is not None
+        self.directives[key] = match.group(2)
+        if key == "escape":
+            self._set_escape(match.group(2), number)
+
+    def _set_escape(self, value: str, number: int) -> None:
+        if value not in ("\\", "`"):
+            shown = value[:10]
+            raise _invalid(f"line {number}: invalid escape directive {shown!r} (expected \\ or `)")
+        self.escape = value
+        self.continuation = _continuation(value)
+
+    def _comment(self, raw: str, number: int) -> None:
+        before, _, comment = raw.partition("#")
+        _check_spaces_only(before, number)
+        if not self.instructions:
+            self.leading_comments.append((number, "#" + comment))
+
+    def _trim_continuation(self, line: str) -> tuple[str, bool]:
+        if self.continuation.search(line):
+            return self.continuation.sub(r"\1", line), False
+        return line, True
+
+    def _instruction(self, line: str, start: int, end: int) -> Instruction:
+        _check_unquoted_spaces(line, self.escape, start)
+        original = line.strip(GO_SPACE)
+        parts = _WHITESPACE.split(original, maxsplit=1)
+        # ASCII only: Go's strings.ToLower and Python's str.upper map other letters differently
+        # (U+0130 becomes `i` for the engine; U+017F becomes `S` for Python).
+        keyword = parts[0].upper() if parts[0].isascii() else parts[0]
+        if keyword not in INSTRUCTIONS:
+            raise _invalid(f"line {start}: unknown instruction {keyword[:40]!r}")
+        rest, flags = _extract_builder_flags(parts[1], start) if len(parts) == 2 else ("", [])
+        arguments = rest.strip(GO_SPACE)
+        if not arguments:
+            raise _invalid(f"line {start}: {keyword} requires at least one argument")
+        return Instruction(
+            keyword=keyword,
+            flags=tuple(flags),
+            arguments=arguments,
+            original=original,
+            line=start,
+            end_line=end,
+        )
+
+
+def _continuation(escape: str) -> re.Pattern[str]:
+    """setEscapeToken's lineContinuationRegex: a final escape not preceded by another one, or
+    alone on its line, followed only by spaces and tabs."""
+    e = re.escape(escape)
+    return re.compile(rf"([^{e}]){e}[ \t]*$|^{e}[ \t]*$")
+
+
+def _check_spaces_only(text: str, number: int) -> None:
+    if any(ch in _NON_ASCII_SPACE for ch in text):
+        raise _invalid(f"line {number}: non-ASCII whitespace is not allowed outside strings")
+
+
+def _check_unquoted_spaces(line: str, escape: str, number: int) -> None:
+    """Non-ASCII whitespace may appear only in a quoted string (or escaped): elsewhere one tool
+    splits words on it where another does not."""
+    quote = ""
+    index = 0
+    while index < len(line):
+        ch = line[index]
+        if ch == escape and quote != "'":
+            index += 2  # an escaped character is a literal
             continue
-        if stripped.startswith("#"):
-            continue  # comments may appear inside a continued instruction too
-        if not pending:
-            pending_line = number
-        if match := continuation.search(raw):
-            pending.append(raw[: match.end(1)].strip())
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in _NON_ASCII_SPACE:
+            raise _invalid(
+                f"line {number}: non-ASCII whitespace (U+{ord(ch):04X}) is not allowed outside "
+                "quoted strings"
+            )
+        index += 1
+
+
+def _extract_builder_flags(line: str, number: int) -> tuple[str, list[str]]:
+    """`extractBuilderFlags`, byte for byte as in Go (it reads bytes, not characters): the
+    leading `--name[=value]` words without quotes and backslashes, then the rest of the line."""
+    data = line.encode("utf-8")
+    words: list[bytes] = []
+    word = bytearray()
+    in_word = in_quote = blank_ok = False
+    quote = 0
+    pos, end = 0, len(data)
+    while pos <= end:
+        ch = data[pos] if pos < end else 0
+        if not in_word and not in_quote:
+            if pos == end:
+                break
+            if ch in _GO_SPACE_BYTES:
+                pos += 1
+                continue
+            if ch != 0x2D or pos + 1 == end or data[pos + 1] != 0x2D:  # not `--`
+                return _text(data[pos:], number), _flags(words)
+            in_word = True
+        if pos == end:
+            if bytes(word) != b"--" and (blank_ok or word):
+                words.append(bytes(word))
+            break
+        if in_quote:
+            if ch == quote:
+                in_quote, in_word = False, True
+                pos += 1
+                continue
+            if ch == 0x5C:  # backslash
+                if pos + 1 == end:
+                    in_quote, in_word = False, True
+                    pos += 1
+                    continue
+                pos += 1
+                ch = data[pos]
+            word.append(ch)
+            pos += 1
             continue
-        pending.append(stripped)
-        instructions.append(_instruction(" ".join(pending), pending_line))
-        pending = []
-    if pending:
-        instructions.append(_instruction(" ".join(pending), pending_line))
-    return instructions
+        if ch in _GO_SPACE_BYTES:
+            in_word = False
+            if bytes(word) == b"--":
+                return _text(data[pos:], number), _flags(words)
+            if blank_ok or word:
+                words.append(bytes(word))
+            word, blank_ok = bytearray(), False
+            pos += 1
+            continue
+        if ch in (0x22, 0x27):  # " '
+            quote, blank_ok, in_quote, in_word = ch, True, True, False
+            pos += 1
+            continue
+        if ch == 0x5C:
+            if pos + 1 == end:
+                pos += 1
+                continue
+            pos += 1
+            ch = data[pos]
+        word.append(ch)
+        pos += 1
+    return "", _flags(words)
 
 
-def _instruction(logical_line: str, line: int) -> Instruction:
-    keyword, _, arguments = logical_line.strip().replace("\t", " ").partition(" ")
-    keyword = keyword.upper()
-    if keyword not in INSTRUCTIONS:
-        shown = keyword[:40]
-        raise _invalid(f"line {line}: unknown instruction {shown!r}")
-    if not arguments.strip():
-        raise _invalid(f"line {line}: {keyword} requires at least one argument")
-    return Instruction(keyword=keyword, arguments=arguments.strip(), line=line)
+def _text(data: bytes, number: int) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid(f"line {number}: a flag splits a multi-byte character") from None
+
+
+def _flags(words: list[bytes]) -> list[str]:
+    """Go appends each byte as `string(rune(b))`: a byte over 0x7F becomes that Latin-1 letter."""
+    return [word.decode("latin-1") for word in words]
 
 
 def _check_order(instructions: list[Instruction]) -> None:

@@ -7,7 +7,8 @@ Why each rule exists — the build runs the submitter's instructions on our engi
   frontend: arbitrary code, chosen by the submitter, in the builder. `# check=` reconfigures the
   build checks. Only `# escape=` is harmless. BuildKit looks for `syntax` and `check` even after a
   `#!` line, where the engine's parser no longer reads directives, so every comment before the
-  first instruction is read for them.
+  first instruction is read for them; a directive-like comment where the engine's parser stops
+  looking (`# frob=1` right after `# escape=`) is refused too, as another builder may read it.
 - Remote `ADD`. An http(s) URL or a git repository is fetched by the builder itself: content
   that no scan has seen, from wherever the submitter likes, with the builder's network. A source
   holding a build argument could expand to a URL, so it is refused too.
@@ -21,10 +22,11 @@ Why each rule exists — the build runs the submitter's instructions on our engi
   allowlist. A build argument in either cannot be checked against an allowlist.
 - Size. A cap on stages and instructions bounds the work one submission can ask for.
 
-Flags are split as BuildKit splits them (`extractBuilderFlags`): leading `--name[=value]` words,
-quotes and backslashes removed. References that must match an allowlist may hold only the
-characters of a plain image reference: the engine would unquote and unescape anything else, so
-`busybox:5000\\/evil` would match `busybox:*` as written and pull from another registry.
+Flags are the parser's (dockerfile.py, a port of the engine's `extractBuilderFlags`): leading
+`--name[=value]` words, quotes and backslashes removed. References that must match an allowlist
+may hold only the characters of a plain image reference: the engine would unquote and unescape
+anything else, so `busybox:5000\\/evil` would match `busybox:*` as written and pull from
+another registry.
 """
 
 from __future__ import annotations
@@ -32,16 +34,16 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from dockguard.dockerfile import Dockerfile, Instruction
+from dockguard import base_images
+from dockguard.dockerfile import GO_SPACE, Dockerfile, Instruction
 from dockguard.errors import ErrorCode, SubmissionError
+from dockguard.sandbox import names
 from dockguard.settings import Settings
 
 _ENGINE_DIRECTIVES = frozenset({"syntax", "check"})  # read by BuildKit even after a `#!` line
 _DIRECTIVE_LIKE = re.compile(r"#\s*([a-zA-Z][a-zA-Z0-9_-]*)\s*=")
-_GO_SPACE = frozenset(" \t\n\v\f\r\x85\xa0")  # Go's unicode.IsSpace, which splits flags
 _PLAIN_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 _SCP_LIKE_GIT = re.compile(r"^[\w.+-]+@[\w.-]+:")  # git@host:repo
@@ -114,6 +116,9 @@ def check(dockerfile: Dockerfile, policy: SubmissionPolicy) -> None:
                 "ONBUILD is not allowed (it injects instructions into every build that uses "
                 "this image as its base)",
             )
+        elif keyword == "LABEL":
+            _check_label(instruction, dockerfile.directives.get("escape", "\\"))
+    base_images.resolve(dockerfile)  # every FROM / COPY --from image must be resolvable
 
 
 def _forbidden(line: int, message: str) -> SubmissionError:
@@ -125,12 +130,18 @@ def _shown(value: str) -> str:
 
 
 def _check_directives(dockerfile: Dockerfile) -> None:
-    for number, comment in _leading_comments(dockerfile.text):
+    for number, comment in dockerfile.leading_comments:
         match = _DIRECTIVE_LIKE.match(comment)
         if not match:
             continue
         key = match.group(1).lower()
-        if key == "escape" or (key not in _ENGINE_DIRECTIVES and key not in dockerfile.directives):
+        # A directive-like comment where the engine stops looking for directives is refused:
+        # another builder version may read it as one.
+        if key == "escape" or (
+            key not in _ENGINE_DIRECTIVES
+            and key not in dockerfile.directives
+            and number != dockerfile.directives_end
+        ):
             continue
         if key == "syntax":
             why = "it makes the builder pull and run the named frontend image: arbitrary code"
@@ -141,22 +152,11 @@ def _check_directives(dockerfile: Dockerfile) -> None:
         raise _forbidden(number, f"the '# {key[:40]}=' parser directive is not allowed ({why})")
 
 
-def _leading_comments(text: str) -> Iterator[tuple[int, str]]:
-    """(line number, comment) for each comment before the first instruction. Lines end at `\\n`
-    only, as in the engine's scanner."""
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.strip()
-        if line and not line.startswith("#"):
-            return
-        if line:
-            yield number, line
-
-
 def _check_from(
     instruction: Instruction, policy: SubmissionPolicy, stages: list[str | None]
 ) -> str | None:
     """Raise for a forbidden FROM; return the stage's name, if it has one."""
-    flags, rest = _split_flags(instruction.arguments)
+    flags, rest = _flags(instruction), instruction.arguments
     line = instruction.line
     if flags:
         raise _forbidden(
@@ -168,7 +168,7 @@ def _check_from(
     if not words:  # `FROM --`: the engine refuses it
         return None
     image = words[0]
-    name = words[2].lower() if len(words) == 3 and words[1].lower() == "as" else None
+    name = words[2].lower() if len(words) == 3 and words[1].casefold() == "as" else None
     if image.lower() == "scratch" or image.lower() in stages:
         return name
     problem = _base_image_problem(image, policy)
@@ -217,7 +217,7 @@ def _allowlist(policy: SubmissionPolicy) -> str:
 def _check_copy(
     instruction: Instruction, policy: SubmissionPolicy, stages: list[str | None]
 ) -> None:
-    flags, rest = _split_flags(instruction.arguments)
+    flags, rest = _flags(instruction), instruction.arguments
     current = len(stages) - 1
     earlier = {stage for stage in stages[:current] if stage}
     for flag in flags:
@@ -226,7 +226,9 @@ def _check_copy(
             continue
         if not has_value:  # `--from x`: the engine refuses it; check `x` all the same
             value = next(iter(rest.split()), "")
-        if value.lower() in earlier or (value.isdigit() and int(value) < current):
+        if value.lower() in earlier or (
+            value.isascii() and value.isdigit() and int(value) < current
+        ):
             continue
         if "$" in value:
             why = "a build argument cannot be checked; name an earlier stage"
@@ -244,9 +246,9 @@ def _check_copy(
 
 
 def _check_add(instruction: Instruction) -> None:
-    _, rest = _split_flags(instruction.arguments)
-    words = _words(rest)
-    for source in words[:-1] or words:
+    # Sources under both readings: the engine's (a JSON array's first value, or words), and
+    # plain words, so that a reading this check got wrong can only refuse more.
+    for source in _sources(instruction.arguments):
         plain = re.sub(r"[\"'\\`]", "", source)
         if "$" in plain:
             raise _forbidden(
@@ -262,6 +264,14 @@ def _check_add(instruction: Instruction) -> None:
             raise _forbidden(instruction.line, f"ADD from a URL is not allowed ({_REMOTE_FETCH})")
 
 
+def _sources(rest: str) -> list[str]:
+    sources: list[str] = []
+    for words in (_json_words(rest), rest.split()):
+        if words:
+            sources += words[:-1] or words  # the last is the destination
+    return sources
+
+
 def _is_git(source: str) -> bool:
     lowered = source.lower()
     if lowered.startswith(("git://", "ssh://", "git@")) or _SCP_LIKE_GIT.match(source):
@@ -269,20 +279,95 @@ def _is_git(source: str) -> bool:
     return "://" in lowered and lowered.split("#", 1)[0].endswith(".git")
 
 
-def _words(rest: str) -> list[str]:
-    """The engine's split of ADD/COPY arguments: a JSON array of strings, or whitespace."""
-    if rest.startswith("["):
-        try:
-            parsed = json.loads(rest)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, list) and all(isinstance(item, str) for item in parsed):
-            return parsed
-    return rest.split()
+def _json_words(rest: str) -> list[str] | None:
+    """The engine's `parseJSON`: Go's json.Decoder reads the first value and ignores what
+    follows it, so `["http://x", "/x"] junk` is that array."""
+    if not rest.startswith("["):
+        return None
+    try:
+        parsed, _ = json.JSONDecoder().raw_decode(rest)
+    except ValueError:
+        return None
+    if isinstance(parsed, list) and all(isinstance(item, str) for item in parsed):
+        return parsed
+    return None
+
+
+def _check_label(instruction: Instruction, escape: str) -> None:
+    """dockguard finds and removes a job's objects by its labels: a Dockerfile may not set a
+    label in that namespace, nor a key that a variable could turn into one."""
+    for key in _label_keys(instruction.arguments, escape):
+        plain = re.sub(r"[\"'\\`]", "", key)
+        if "$" in plain:
+            raise _forbidden(
+                instruction.line, "LABEL keys may not hold a variable (write the key itself)"
+            )
+        if plain.lower().startswith(names.LABEL_NAMESPACE):
+            raise _forbidden(
+                instruction.line,
+                f"LABEL keys starting with {names.LABEL_NAMESPACE!r} are not allowed (that "
+                "namespace is dockguard's own, used to find and remove each job's objects)",
+            )
+
+
+def _label_keys(arguments: str, escape: str) -> list[str]:
+    """The keys of `LABEL k=v k2="v 2"`, or of the older `LABEL key value` form, as the
+    engine's `parseNameVal` finds them (its words, or its first whitespace-separated part)."""
+    words = _parse_words(arguments, escape)
+    if words and "=" not in words[0]:
+        return re.split(r"[\t\v\f\r ]+", arguments, maxsplit=1)[:1]
+    return [word.partition("=")[0] for word in words]
+
+
+def _parse_words(text: str, escape: str) -> list[str]:
+    """The engine's `parseWords`: words split at unquoted whitespace (Go's unicode.IsSpace),
+    quotes and escapes kept; only the Dockerfile's escape character escapes, and not inside
+    single quotes."""
+    words: list[str] = []
+    word, quote, in_word, blank_ok = "", "", False, False
+    index, end = 0, len(text)
+    while index < end:
+        char = text[index]
+        if not in_word and not quote:
+            if char in GO_SPACE:
+                index += 1
+                continue
+            in_word = True
+        if quote:
+            if char == quote:
+                quote, in_word = "", True
+            elif char == escape and quote != "'":
+                if index + 1 == end:
+                    quote, in_word = "", True
+                    index += 1
+                    continue
+                word += char
+                index += 1
+                char = text[index]
+            word += char
+        elif char in GO_SPACE:
+            if blank_ok or word:
+                words.append(word)
+            word, blank_ok, in_word = "", False, False
+        else:
+            if char in "'\"":
+                quote, blank_ok = char, True
+            if char == escape:
+                if index + 1 == end:
+                    index += 1
+                    continue
+                word += char
+                index += 1
+                char = text[index]
+            word += char
+        index += 1
+    if (in_word or quote) and (blank_ok or word):
+        words.append(word)
+    return words
 
 
 def _check_run(instruction: Instruction) -> None:
-    flags, _ = _split_flags(instruction.arguments)
+    flags = _flags(instruction)
     if flags:
         raise _forbidden(
             instruction.line,
@@ -296,46 +381,6 @@ def _flag_name(flag: str) -> str:
     return flag.partition("=")[0][:40] or "?"
 
 
-def _split_flags(arguments: str) -> tuple[list[str], str]:
-    """BuildKit's `extractBuilderFlags`: the leading `--name[=value]` words, without their `--`,
-    quotes or backslashes, and the rest of the arguments. A lone `--` ends the flags."""
-    flags: list[str] = []
-    word: list[str] = []
-    in_word, quote = False, ""
-    position, end = 0, len(arguments)
-    while position < end:
-        char = arguments[position]
-        if not in_word:
-            if char in _GO_SPACE:
-                position += 1
-                continue
-            if not arguments.startswith("--", position):
-                return flags, arguments[position:]
-            in_word = True
-        if quote:
-            if char == quote:
-                quote = ""
-            elif char == "\\" and position + 1 < end:
-                position += 1
-                word.append(arguments[position])
-            elif char != "\\":
-                word.append(char)
-        elif char in _GO_SPACE:
-            text = "".join(word)
-            if text == "--":
-                return flags, arguments[position:]
-            flags.append(text[2:])
-            word, in_word = [], False
-        elif char in "'\"":
-            quote = char
-        elif char == "\\":
-            if position + 1 < end:
-                position += 1
-                word.append(arguments[position])
-        else:
-            word.append(char)
-        position += 1
-    text = "".join(word)
-    if in_word and text != "--":
-        flags.append(text[2:])
-    return flags, ""
+def _flags(instruction: Instruction) -> list[str]:
+    """The instruction's flags without their `--`, as BuildKit's BFlags reads them."""
+    return [flag[2:] for flag in instruction.flags]

@@ -3,6 +3,7 @@ jobs can never collide, and each object carries the job id label so a sweep can 
 
 from __future__ import annotations
 
+LABEL_NAMESPACE = "dockguard"  # Dockerfiles may not set labels under it (submission policy)
 JOB_LABEL = "dockguard.job-id"
 MANAGED_LABEL = "dockguard.managed"
 
