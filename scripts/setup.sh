@@ -39,3 +39,4 @@ fi
 .tools/poetry/bin/python scripts/poetry_simple.py install --no-interaction --quiet
 
 bash scripts/base-images.sh
+bash scripts/proxy-image.sh  # the build egress proxy (DOCKGUARD_BUILD_NETWORK=egress)
