@@ -126,6 +126,7 @@ class RunLimits(BaseModel):
     tmpfs_mb: int | None = None
     file_size_mb: int | None = None
     nofile: int | None = None
+    data_mb: int | None = Field(None, description="The most the run can write to /data, in all.")
     runtime: str | None = Field(None, description="OCI runtime; null: the engine's default.")
 
 

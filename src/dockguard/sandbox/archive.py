@@ -1,7 +1,8 @@
 """Reading one file out of a container through the Engine's archive API, treating the container's
 filesystem as hostile: the file's kind and size are checked before any byte is read, the tar is
 streamed with a byte cap (never an unbounded archive in memory), and it must hold exactly one
-regular file."""
+regular file. `image_reader` gives a container of an image that is created and never started, to
+read the image's own files (and `stat` their kind) before anything of it runs."""
 
 from __future__ import annotations
 
@@ -9,14 +10,20 @@ import asyncio
 import base64
 import io
 import json
+import logging
 import tarfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiodocker
 
-from dockguard.sandbox import http
+from dockguard.errors import ErrorCode, JobFailure
+from dockguard.sandbox import hardening, http, names
 
+log = logging.getLogger(__name__)
+
+_READER_USER = "65534:65534"  # never started, but nobody all the same
 _TAR_OVERHEAD = 16 * 1024
 _FILE_TYPE_BITS = {
     1 << 31: "a directory",
@@ -47,6 +54,80 @@ class FileTooLarge(ArchiveError):
 
 class UnreadableArchive(ArchiveError):
     pass
+
+
+@asynccontextmanager
+async def image_reader(
+    docker: aiodocker.Docker, job_id: str, image: Mapping[str, Any]
+) -> AsyncIterator[str]:
+    """The id of a container of `image` (an image inspect) that is created and never started,
+    removed on exit with its anonymous volumes. Its image VOLUMEs are masked like the run's, but
+    for /data, whose own kind is what a reader asks about."""
+    isolation = hardening.Isolation(
+        memory_mb=16,
+        pids=8,
+        file_size_mb=1,
+        nofile=16,
+        masked=[path for path in hardening.image_volumes(image) if path != "/data"],
+    )
+    config = hardening.container_config(
+        str(image["Id"]),
+        user=_READER_USER,
+        labels=names.labels(job_id),
+        isolation=isolation,
+        entrypoint=["/dockguard-never-started"],
+        cmd=[],
+    )
+    try:
+        container = await docker.containers.create(
+            config, name=f"{names.container_name(job_id)}-reader"
+        )
+    except aiodocker.DockerError as exc:
+        if exc.status in (404, 409):  # the job's own image or container name: ours
+            raise
+        log.warning("image reader container refused", extra={"why": str(exc)[:300]})
+        raise JobFailure(
+            ErrorCode.RUN_START_FAILED,
+            "the engine cannot create a container of the image with its configuration "
+            "(e.g. a VOLUME it refuses)",
+        ) from exc
+    try:
+        yield container.id
+    finally:
+        await container.delete(force=True, v=True)  # v: an image VOLUME leaves an anonymous one
+
+
+async def stat(
+    docker: aiodocker.Docker, container_id: str, path: str, timeout_s: float = 30
+) -> dict[str, Any] | None:
+    """The engine's status of `path` in the container (`name`, `size`, `mode`, `linkTarget`; a
+    final symlink is not followed), or None when nothing is there. A GET whose tar is never read,
+    not a HEAD: aiodocker cannot read a HEAD's error status (its body is empty)."""
+    try:
+        async with (
+            asyncio.timeout(timeout_s),
+            http.stream(
+                docker, f"containers/{container_id}/archive", "GET", params={"path": path}
+            ) as response,
+        ):
+            found = _stat(path, response.headers)
+            response.close()  # drop the connection: the engine stops sending the tar
+            return found
+    except aiodocker.DockerError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def describe(stat: Mapping[str, Any]) -> str:
+    """What a status is: `a regular file`, `a directory`, `a symbolic link to '/etc'`, …"""
+    mode = int(stat.get("mode", 0))
+    if stat.get("linkTarget") or mode & (1 << 27):
+        return f"a symbolic link to {str(stat.get('linkTarget', ''))[:200]!r}"
+    for bit, kind in _FILE_TYPE_BITS.items():
+        if mode & bit:
+            return kind
+    return "a regular file"
 
 
 async def read_file(

@@ -1,11 +1,22 @@
-"""The sandboxed run: one container per job, created with every hardening flag, a private /data
-volume, and a wall-clock timeout after which it is killed."""
+"""The sandboxed run: one container per job, created with every hardening flag (from
+`hardening.container_config`, like every container dockguard creates), a private /data, and a
+wall-clock timeout after which it is killed.
+
+/data is a named volume of the local driver backed by a tmpfs of `data_mb` MiB owned by the run
+user: the kernel refuses writes past that size (ENOSPC), so a run cannot fill the engine's disk.
+Its pages are charged to the memory cgroup of whoever writes them, the run, whose memory limit is
+raised by `data_mb` so that a full /data is the run's own failed write rather than an OOM kill.
+The local driver unmounts such a volume, losing its content, when the last container using it
+stops: a holder container (a trusted image's `sleep`, read-only mount, nobody, tiny limits) is
+started first and keeps it mounted until the job's cleanup, so the result can be read from the
+stopped run container."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +24,16 @@ import aiodocker
 import aiohttp
 
 from dockguard.errors import ErrorCode, JobFailure
-from dockguard.sandbox import names
+from dockguard.sandbox import archive, hardening, names
 from dockguard.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _LOG_LINE_CAP = 1000
+DATA_PATH = "/data"
+# The holder outlives any run (timeout, kill, log and result reads) and then ends by itself if
+# the worker died before its cleanup; the sweeper removes what is left.
+_HOLDER_EXTRA_S = 600
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,8 @@ class RunLimits:
     file_size_mb: int = 256
     nofile: int = 1024
     runtime: str | None = None
+    data_mb: int = 64
+    data_holder_image: str = "busybox:latest"  # not a limit: what holds /data mounted
 
     @classmethod
     def from_settings(cls, s: Settings) -> RunLimits:
@@ -43,6 +60,8 @@ class RunLimits:
             file_size_mb=s.run_file_size_mb,
             nofile=s.run_nofile,
             runtime=s.runtime,
+            data_mb=s.run_data_mb,
+            data_holder_image=s.run_data_holder_image,
         )
 
 
@@ -54,37 +73,94 @@ class RunOutcome:
     timed_out: bool
     duration_s: float
     log_tail: list[str]
+    data_mb: int = 0
 
 
-def host_config(limits: RunLimits, volume: str) -> dict[str, Any]:
-    """The sandbox, as Engine API HostConfig fields. SECURITY.md's checklist explains each line."""
-    memory = limits.memory_mb * 1024 * 1024
-    file_size = limits.file_size_mb * 1024 * 1024
+def data_volume(job_id: str, user: str, data_mb: int) -> dict[str, Any]:
+    """`POST /volumes/create` body of the job's /data: a tmpfs of `data_mb` MiB (and as many
+    inodes as 4 KiB pages), owned by the run user, 0700, no devices or setuid. (Not `noexec`:
+    a run may execute what it wrote there; nosuid makes a setuid bit useless.)"""
+    uid, _, gid = user.partition(":")
+    options = f"size={data_mb}m,nr_inodes={data_mb * 256},uid={uid},gid={gid},mode=0700"
     return {
-        "NetworkMode": "none",
-        "ReadonlyRootfs": True,
-        "CapDrop": ["ALL"],
-        "SecurityOpt": ["no-new-privileges:true"],
-        "Privileged": False,
-        "Memory": memory,
-        "MemorySwap": memory,  # equal to Memory: no swap
-        "NanoCpus": int(limits.cpus * 1e9),
-        "PidsLimit": limits.pids,
-        "Tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={limits.tmpfs_mb}m"},
-        "Mounts": [{"Type": "volume", "Source": volume, "Target": "/data", "ReadOnly": False}],
-        "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
-        "RestartPolicy": {"Name": "no"},
-        "Ulimits": [
-            {"Name": "core", "Soft": 0, "Hard": 0},
-            {"Name": "nofile", "Soft": limits.nofile, "Hard": limits.nofile},
-            {"Name": "fsize", "Soft": file_size, "Hard": file_size},  # no file past the cap
-        ],
-        "IpcMode": "private",
-        "PidMode": "",  # a private PID namespace
-        "Devices": [],
-        "AutoRemove": False,  # the stopped container is where perf.json is read from
-        **({"Runtime": limits.runtime} if limits.runtime else {}),
+        "Name": names.volume_name(job_id),
+        "Labels": names.labels(job_id),
+        "Driver": "local",
+        "DriverOpts": {
+            "type": "tmpfs",
+            "device": "tmpfs",
+            "o": f"{options},nosuid,nodev",
+        },
     }
+
+
+def _data_mount(volume: str, *, read_only: bool) -> dict[str, object]:
+    # NoCopy: the engine would otherwise copy the image's /data into the volume and give its root
+    # the image directory's owner and mode, as root, outside every limit of the run.
+    return {
+        "Type": "volume",
+        "Source": volume,
+        "Target": DATA_PATH,
+        "ReadOnly": read_only,
+        "VolumeOptions": {"NoCopy": True},
+    }
+
+
+def run_config(
+    job_id: str, image_id: str, user: str, limits: RunLimits, image_volumes: Sequence[str]
+) -> dict[str, Any]:
+    """The run container's create body. SECURITY.md's checklist explains each field."""
+    isolation = hardening.Isolation(
+        memory_mb=limits.memory_mb + limits.data_mb,  # /data's pages are charged to the run
+        pids=limits.pids,
+        cpus=limits.cpus,
+        network="none",
+        file_size_mb=limits.file_size_mb,
+        nofile=limits.nofile,
+        tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={limits.tmpfs_mb}m"},
+        mounts=[_data_mount(names.volume_name(job_id), read_only=False)],
+        masked=image_volumes,
+        runtime=limits.runtime,
+    )
+    return hardening.container_config(
+        image_id, user=user, labels=names.labels(job_id), isolation=isolation
+    )
+
+
+def holder_config(job_id: str, limits: RunLimits) -> dict[str, Any]:
+    """The /data holder's create body: it only sleeps, and cannot even read /data (0700)."""
+    isolation = hardening.Isolation(
+        memory_mb=16,
+        pids=4,
+        cpus=0.1,
+        file_size_mb=1,
+        nofile=16,
+        mounts=[_data_mount(names.volume_name(job_id), read_only=True)],
+    )
+    return hardening.container_config(
+        limits.data_holder_image,
+        user="65534:65534",
+        labels=names.labels(job_id),
+        isolation=isolation,
+        entrypoint=["sleep"],
+        cmd=[str(int(limits.timeout_s) + _HOLDER_EXTRA_S)],
+    )
+
+
+async def check_data_dir(docker: aiodocker.Docker, reader_id: str) -> None:
+    """Refuse an image whose /data is there but is not a directory: the volume would be mounted
+    wherever a symlink points (over /etc, over /), or over a file. A missing /data is fine: the
+    engine makes the mount point."""
+    found = await archive.stat(docker, reader_id, DATA_PATH)
+    if found is None:
+        return
+    kind = archive.describe(found)
+    if kind != "a directory":
+        raise JobFailure(
+            ErrorCode.DATA_DIR_INVALID,
+            f"the image's {DATA_PATH} is {kind}; it must be a directory or absent, since the "
+            f"job's {DATA_PATH} volume is mounted there",
+        )
 
 
 class Runner:
@@ -92,24 +168,19 @@ class Runner:
         self._docker = docker
         self._log_tail_lines = log_tail_lines
 
-    async def run(self, job_id: str, image_id: str, user: str, limits: RunLimits) -> RunOutcome:
-        volume = names.volume_name(job_id)
-        await self._docker.volumes.create({"Name": volume, "Labels": names.labels(job_id)})
-        container = await self._docker.containers.create(
-            {
-                "Image": image_id,
-                "User": user,
-                "Labels": names.labels(job_id),
-                "NetworkDisabled": True,
-                "AttachStdin": False,
-                "OpenStdin": False,
-                "Tty": False,
-                "HostConfig": host_config(limits, volume),
-            },
-            name=names.container_name(job_id),
-        )
+    async def run(
+        self,
+        job_id: str,
+        image_id: str,
+        user: str,
+        limits: RunLimits,
+        image_volumes: Sequence[str] = (),
+    ) -> RunOutcome:
+        """Everything created here carries the job's labels; the job's cleanup removes it."""
+        await self._docker.volumes.create(data_volume(job_id, user, limits.data_mb))
+        holder = await self._start_holder(job_id, limits)
+        container = await self._start_run(job_id, image_id, user, limits, image_volumes)
         started = time.monotonic()
-        await container.start()
         timed_out = False
         try:
             async with asyncio.timeout(limits.timeout_s):
@@ -119,6 +190,11 @@ class Runner:
             await self._kill(container)
         duration_s = round(time.monotonic() - started, 3)
         state = (await container.show()).get("State", {})
+        if not (await holder.show()).get("State", {}).get("Running"):
+            # /data was unmounted, its content lost: never blame the job for a missing result.
+            raise JobFailure(
+                ErrorCode.INTERNAL_ERROR, "the /data holder container stopped before the run ended"
+            )
         return RunOutcome(
             container_id=container.id,
             exit_code=int(state.get("ExitCode", -1)),
@@ -126,7 +202,54 @@ class Runner:
             timed_out=timed_out,
             duration_s=duration_s,
             log_tail=await self._log_tail(container),
+            data_mb=limits.data_mb,
         )
+
+    async def _start_holder(
+        self, job_id: str, limits: RunLimits
+    ) -> aiodocker.docker.DockerContainer:
+        image = limits.data_holder_image
+        try:
+            holder = await self._docker.containers.create(
+                holder_config(job_id, limits), name=f"{names.container_name(job_id)}-data-holder"
+            )
+            await holder.start()
+        except aiodocker.DockerError as exc:
+            log.error("data holder failed", extra={"image": image, "why": str(exc)[:300]})
+            missing = exc.status == 404 and "image" in str(exc).lower()
+            why = "is not on the engine" if missing else "cannot run `sleep`"
+            raise JobFailure(
+                ErrorCode.INTERNAL_ERROR,
+                f"the /data holder image {image!r} (DOCKGUARD_RUN_DATA_HOLDER_IMAGE) {why}",
+            ) from exc
+        return holder
+
+    async def _start_run(
+        self,
+        job_id: str,
+        image_id: str,
+        user: str,
+        limits: RunLimits,
+        image_volumes: Sequence[str],
+    ) -> aiodocker.docker.DockerContainer:
+        """Create and start the run container. The request is ours and fixed but for what the
+        image brings (command, entrypoint, working directory, volumes, user), so a refusal is the
+        image's: `run_start_failed`, with the engine's words in the log only."""
+        config = run_config(job_id, image_id, user, limits, image_volumes)
+        name = names.container_name(job_id)
+        try:
+            container = await self._docker.containers.create(config, name=name)
+        except aiodocker.DockerError as exc:
+            if exc.status in (404, 409):  # the job's image or container name: ours
+                raise
+            raise _start_failed("created", exc) from exc
+        try:
+            await container.start()
+        except aiodocker.DockerError as exc:
+            if exc.status in (404, 409):
+                raise
+            raise _start_failed("started", exc) from exc
+        return container
 
     async def _kill(self, container: aiodocker.docker.DockerContainer) -> None:
         try:
@@ -150,6 +273,16 @@ class Runner:
         return [line[:_LOG_LINE_CAP] for line in text.splitlines()][-self._log_tail_lines :]
 
 
+def _start_failed(step: str, exc: aiodocker.DockerError) -> JobFailure:
+    log.warning("run container refused", extra={"step": step, "why": str(exc)[:500]})
+    return JobFailure(
+        ErrorCode.RUN_START_FAILED,
+        f"the run's container could not be {step} with the image's configuration: e.g. a CMD or "
+        "ENTRYPOINT whose executable does not exist or cannot be executed, or a WORKDIR that is "
+        "not a directory",
+    )
+
+
 def outcome_failure(outcome: RunOutcome, timeout_s: float, memory_mb: int) -> JobFailure | None:
     """The failure a finished run amounts to, checked in order of what explains the others."""
     if outcome.timed_out:
@@ -158,7 +291,10 @@ def outcome_failure(outcome: RunOutcome, timeout_s: float, memory_mb: int) -> Jo
         )
     if outcome.oom_killed:
         return JobFailure(
-            ErrorCode.RUN_OOM, f"the run exceeded its {memory_mb} MiB memory limit and was killed"
+            ErrorCode.RUN_OOM,
+            f"the run exceeded its {memory_mb} MiB memory limit"
+            + (f" (plus {outcome.data_mb} MiB for what /data holds)" if outcome.data_mb else "")
+            + " and was killed",
         )
     if outcome.exit_code != 0:
         return JobFailure(

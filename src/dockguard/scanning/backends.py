@@ -25,7 +25,7 @@ import aiohttp
 from aiodocker.volumes import DockerVolume
 
 from dockguard.errors import ErrorCode, JobFailure
-from dockguard.sandbox import archive, http, names
+from dockguard.sandbox import archive, hardening, http, names
 from dockguard.scanning.report import scanner_failed
 
 log = logging.getLogger(__name__)
@@ -248,38 +248,34 @@ class ContainerTrivy:
             "Target": "/cache",
             "ReadOnly": not network,  # only a DB download (which needs the network) writes
         }
-        return {
-            "Image": image_id,
-            "Cmd": _fill(args, "/work", "/cache", "/tmp"),
+        isolation = hardening.Isolation(
+            memory_mb=self._memory // (1024 * 1024),
+            pids=256,
+            network="bridge" if network else "none",
+            # A DB download writes trivy.db (about 1 GB, and growing) and the Java DB in one go.
+            file_size_mb=16 * 1024,
+            nofile=4096,
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
+            mounts=[{"Type": "volume", "Source": volume, "Target": "/work"}, cache_mount],
+            log_max_size="8m",
+        )
+        return hardening.container_config(
+            image_id,
             # Scans run as nobody. A DB download (network on, nothing scanned) runs as root with
             # no capabilities, to write into a cache that a fresh volume makes root's.
-            "User": "0:0" if network else f"{_SCANNER_UID}:{_SCANNER_UID}",
-            "Env": ["HOME=/tmp", "TMPDIR=/tmp", "TRIVY_NO_PROGRESS=true"],
-            "Labels": labels,
-            "NetworkDisabled": not network,
-            "HostConfig": {
-                "NetworkMode": "bridge" if network else "none",
-                "ReadonlyRootfs": True,
-                "CapDrop": ["ALL"],
-                "SecurityOpt": ["no-new-privileges:true"],
-                "Memory": self._memory,
-                "MemorySwap": self._memory,
-                "PidsLimit": 256,
-                "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=512m"},
-                "Mounts": [
-                    {"Type": "volume", "Source": volume, "Target": "/work"},
-                    cache_mount,
-                ],
-                "LogConfig": {"Type": "json-file", "Config": {"max-size": "8m", "max-file": "1"}},
-            },
-        }
+            user="0:0" if network else f"{_SCANNER_UID}:{_SCANNER_UID}",
+            labels=labels,
+            isolation=isolation,
+            cmd=_fill(args, "/work", "/cache", "/tmp"),
+            env=["HOME=/tmp", "TMPDIR=/tmp", "TRIVY_NO_PROGRESS=true"],
+        )
 
     async def _remove(
         self, container: aiodocker.docker.DockerContainer | None, volume: str
     ) -> None:
         try:
             if container is not None:
-                await container.delete(force=True)
+                await container.delete(force=True, v=True)
             await DockerVolume(self._docker, volume).delete()
         except aiodocker.DockerError as exc:
             log.warning("scanner cleanup incomplete", extra={"why": str(exc)[:300]})
