@@ -162,11 +162,12 @@ class Instances:
             "scanner_cache_dir": str(self._trivy_db),
             "scanner_db_refresh_h": 0,  # nothing can be downloaded here
         }
+        run_worker = overrides.pop("run_worker", True)
         values.update(overrides)
         settings = Settings(**values)
         sock = _free_socket()
         port = sock.getsockname()[1]
-        app = create_app(settings, run_worker=True)
+        app = create_app(settings, run_worker=run_worker)
         config = uvicorn.Config(app, log_config=None, lifespan="on")
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -101,7 +101,7 @@ async def test_create_removes_the_dockerfile_when_the_job_cannot_be_written(
     jobs = JobStore(down, 100, store(redis, KEY_A))
     job = Job(id="c" * 32, dockerfile_sha256="0" * 64, dockerfile_bytes=len(TEXT))
     with pytest.raises(RedisConnectionError):
-        await jobs.create(job, TEXT)
+        await jobs.create(job, TEXT, deadline_s=3600)
     assert await redis.exists(dockerfile_key(job.id)) == 0
     await down.aclose()
 
@@ -152,6 +152,7 @@ async def test_a_job_whose_key_was_dropped_fails_clearly(instances: Instances) -
         await written_with_a.create(
             Job(id=job_id, dockerfile_sha256="0" * 64, dockerfile_bytes=len(DOCKERFILE)),
             DOCKERFILE,
+            deadline_s=3600,
         )
         dockguard.submitted.append(job_id)
         assert await run_job(dockguard.services, job_id) == "failed"

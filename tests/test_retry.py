@@ -29,7 +29,7 @@ async def test_an_interrupted_job_resumes_and_cleans_up_the_first_attempt(
     # What a worker killed mid-run leaves: a job marked running and a container of its own.
     job_id = uuid.uuid4().hex
     job = Job(id=job_id, dockerfile_sha256="0" * 64, dockerfile_bytes=len(DOCKERFILE))
-    await dockguard.services.store.create(job, DOCKERFILE)
+    await dockguard.services.store.create(job, DOCKERFILE, deadline_s=3600)
     dockguard.submitted.append(job_id)
     await dockguard.services.store.update(job_id, lambda j: setattr(j, "status", JobStatus.RUNNING))
     stale = await docker.containers.create(

@@ -20,7 +20,7 @@ def new_job(job_id: str = "a" * 32) -> Job:
 
 async def test_create_stores_job_and_dockerfile_with_ttl(redis: Redis) -> None:
     store = JobStore(redis, ttl_s=100)
-    await store.create(new_job(), "FROM busybox\n")
+    await store.create(new_job(), "FROM busybox\n", deadline_s=3600)
     assert 95 <= await redis.ttl(job_key("a" * 32)) <= 100
     assert 95 <= await redis.ttl(dockerfile_key("a" * 32)) <= 100
     assert await store.dockerfiles.get("a" * 32) == "FROM busybox\n"
@@ -29,7 +29,7 @@ async def test_create_stores_job_and_dockerfile_with_ttl(redis: Redis) -> None:
 
 async def test_updates_keep_the_ttl_and_move_forward_only(redis: Redis) -> None:
     store = JobStore(redis, ttl_s=100)
-    await store.create(new_job(), "FROM busybox\n")
+    await store.create(new_job(), "FROM busybox\n", deadline_s=3600)
     await redis.expire(job_key("a" * 32), 50)
     before = await store.get("a" * 32)
     job = await store.update("a" * 32, lambda j: setattr(j, "status", JobStatus.BUILDING))
@@ -53,7 +53,7 @@ async def test_updates_keep_the_ttl_and_move_forward_only(redis: Redis) -> None:
 
 async def test_concurrent_updates_are_not_lost(redis: Redis) -> None:
     store = JobStore(redis, ttl_s=100)
-    await store.create(new_job(), "FROM busybox\n")
+    await store.create(new_job(), "FROM busybox\n", deadline_s=3600)
 
     def add_line(n: int):  # type: ignore[no-untyped-def]
         def change(job: Job) -> None:

@@ -10,9 +10,16 @@
     │    problem documents; see api/problems.py)
     └── JobFailure                 a job ended as `failed` or `rejected`; recorded in `Job.error`
           dockerfile_rejected, image_rejected, scanner_failed, scanner_db_stale,
-          scanner_db_missing, scanner_untrusted, build_failed, build_timeout, run_timeout, run_oom,
-          run_nonzero_exit, result_missing, result_invalid, result_too_large,
-          result_not_regular_file, internal_error
+          scanner_db_missing, scanner_untrusted, base_image_forbidden, build_failed,
+          build_timeout, user_invalid, data_dir_invalid, run_start_failed, run_timeout,
+          run_oom, run_nonzero_exit, result_missing, result_invalid, result_too_large,
+          result_not_regular_file, job_timeout, worker_lost, internal_error
+          (base_image_forbidden: a base image has ONBUILD triggers, which would run unscanned;
+           job_timeout: the whole job outlived its deadline; worker_lost: no worker finished the
+           job by its deadline, found by the sweeper)
+          (user_invalid: the image's USER cannot be used; data_dir_invalid: the image's /data is
+           not a directory; run_start_failed: the engine refused to create or start the run's
+           container because of the image's configuration, e.g. a CMD that does not exist)
 
 Third-party errors (aiodocker, redis, subprocess) are translated at the boundary of the module
 that calls them (`raise JobFailure(...) from exc`), with a message that says what was being
@@ -42,8 +49,12 @@ class ErrorCode(StrEnum):
     SCANNER_DB_STALE = "scanner_db_stale"
     SCANNER_DB_MISSING = "scanner_db_missing"
     SCANNER_UNTRUSTED = "scanner_untrusted"
+    BASE_IMAGE_FORBIDDEN = "base_image_forbidden"
     BUILD_FAILED = "build_failed"
     BUILD_TIMEOUT = "build_timeout"
+    USER_INVALID = "user_invalid"
+    DATA_DIR_INVALID = "data_dir_invalid"
+    RUN_START_FAILED = "run_start_failed"
     RUN_TIMEOUT = "run_timeout"
     RUN_OOM = "run_oom"
     RUN_NONZERO_EXIT = "run_nonzero_exit"
@@ -51,6 +62,8 @@ class ErrorCode(StrEnum):
     RESULT_INVALID = "result_invalid"
     RESULT_TOO_LARGE = "result_too_large"
     RESULT_NOT_REGULAR_FILE = "result_not_regular_file"
+    JOB_TIMEOUT = "job_timeout"
+    WORKER_LOST = "worker_lost"
     INTERNAL_ERROR = "internal_error"
 
 

@@ -4,6 +4,7 @@ and shared by the API and the worker."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +14,15 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import Redis
 
 from dockguard.sandbox import Sandbox, connect
+from dockguard.sandbox.egress import Egress, host_allowlist, parse_allowlist
 from dockguard.scanning import ContainerTrivy, LocalTrivy, Scanner, TrivyBackend, find_trivy
 from dockguard.settings import Settings
 from dockguard.store import JobStore
 from dockguard.store.dockerfiles import DockerfileStore, cipher
 from dockguard.store.keys import QUEUE_NAME
 from dockguard.store.scan_cache import ScanCache
+
+log = logging.getLogger(__name__)
 
 
 def serialize(payload: dict[str, Any]) -> bytes:
@@ -45,6 +49,19 @@ def job_timeout_s(settings: Settings) -> float:
     return 3 * s.scanner_timeout_s + 2 * s.build_timeout_s + s.run_timeout_s + 300
 
 
+RUNNING_MARGIN_S = 120  # past the job timeout: arq's own timeout and our cleanup come first
+
+
+def running_deadline_s(settings: Settings) -> float:
+    """How long after a worker takes a job it must have ended, or the sweeper fails it."""
+    return job_timeout_s(settings) + RUNNING_MARGIN_S
+
+
+def queued_deadline_s(settings: Settings) -> float:
+    """How long after its submission a job must have ended: it waits at most the queue timeout."""
+    return settings.queue_timeout_s + running_deadline_s(settings)
+
+
 def trivy_backend(settings: Settings, docker: aiodocker.Docker) -> TrivyBackend:
     if settings.scanner_backend == "local":
         return LocalTrivy(find_trivy(settings.trivy_binary), settings.scanner_cache_dir)
@@ -53,6 +70,29 @@ def trivy_backend(settings: Settings, docker: aiodocker.Docker) -> TrivyBackend:
     return ContainerTrivy(
         docker, settings.trivy_image, settings.scanner_cache_dir, settings.scanner_memory_mb
     )
+
+
+async def build_egress(settings: Settings, docker: aiodocker.Docker) -> Egress | None:
+    """The build network's proxy, for `DOCKGUARD_BUILD_NETWORK=egress`; its allowlist is read
+    here, at start: the setting, or this machine's own apt and pip sources."""
+    if settings.build_network == "bridge":
+        log.warning(
+            "DOCKGUARD_BUILD_NETWORK=bridge: RUN steps share the engine's default bridge and can "
+            "reach the engine host, other jobs' builds and any address the host can; use egress "
+            "or none unless every Dockerfile is trusted"
+        )
+    if settings.build_network != "egress":
+        return None
+    allow = parse_allowlist(settings.build_egress_allow) or host_allowlist()
+    source = "DOCKGUARD_BUILD_EGRESS_ALLOW" if settings.build_egress_allow else "apt and pip"
+    log.info("build egress allowlist", extra={"hosts": ",".join(allow), "source": source})
+    egress = Egress(docker, allow, settings.build_egress_proxy_image)
+    if problem := await egress.problem():
+        log.error(
+            "builds will fail with internal_error until this is fixed",
+            extra={"why": f"build network egress: {problem}"},
+        )
+    return egress
 
 
 async def open_dockerfile_redis(url: str) -> Redis:
@@ -108,7 +148,9 @@ class Services:
             store=JobStore(redis, settings.job_ttl_s, dockerfiles),
             dockerfiles=dockerfiles,
             scanner=scanner,
-            sandbox=Sandbox(docker, settings.log_tail_lines),
+            sandbox=Sandbox(
+                docker, settings.log_tail_lines, egress=await build_egress(settings, docker)
+            ),
             dockerfile_redis=dockerfile_redis,
         )
 

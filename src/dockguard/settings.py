@@ -44,6 +44,7 @@ class Settings(BaseSettings):
 
     # Jobs and submissions
     job_ttl_s: int = Field(86400, ge=1)
+    queue_timeout_s: int = Field(3600, ge=1)
     max_dockerfile_bytes: int = Field(65536, ge=1)
 
     # Submission policy
@@ -78,12 +79,25 @@ class Settings(BaseSettings):
 
     # Build
     build_timeout_s: float = Field(600.0, gt=0)
-    build_network: str = "bridge"
+    # egress: a per-job internal network whose only way out is an allowlisting proxy;
+    # none: loopback only; bridge: the engine's default bridge (reaches the host: opt-in only).
+    build_network: Literal["egress", "none", "bridge"] = "egress"
+    build_egress_allow: str = ""  # host patterns; empty: this machine's apt and pip sources
+    build_egress_proxy_image: str = Field("dockguard/egress-proxy:1", min_length=1)
+
+    @field_validator("build_egress_allow")
+    @classmethod
+    def _host_patterns(cls, value: str) -> str:
+        from dockguard.sandbox.egress import parse_allowlist  # sandbox imports these settings
+
+        return ",".join(parse_allowlist(value))
+
     build_memory_mb: int = Field(2048, ge=64)
     build_cpus: float = Field(1.0, gt=0)
     build_pids: int = Field(1024, ge=0)
     build_file_size_mb: int = Field(4096, ge=1)
     build_nocache: bool = True
+    build_pull_allow: CommaList = []  # images the engine may pull; empty: only local ones
 
     # Run
     run_timeout_s: float = Field(300.0, gt=0)
@@ -92,6 +106,8 @@ class Settings(BaseSettings):
     run_pids: int = Field(128, ge=8)
     run_tmpfs_mb: int = Field(64, ge=1)
     run_file_size_mb: int = Field(256, ge=1)
+    run_data_mb: int = Field(64, ge=1)
+    run_data_holder_image: str = Field("busybox:latest", min_length=1)
     run_nofile: int = Field(1024, ge=16)
     runtime: str | None = None
     result_max_bytes: int = Field(65536, ge=64)
@@ -151,7 +167,7 @@ class Settings(BaseSettings):
             return [item.strip().upper() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("allowed_base_images", mode="before")
+    @field_validator("allowed_base_images", "build_pull_allow", mode="before")
     @classmethod
     def _split_patterns(cls, value: object) -> object:
         """Like `_split_commas`, but image references keep their case."""

@@ -23,7 +23,7 @@ from dockguard.errors import (
 )
 from dockguard.jobs.worker import TASK
 from dockguard.models import Job, ScannerStatus, SubmitRequest
-from dockguard.services import Services
+from dockguard.services import Services, queued_deadline_s
 
 from .problems import problem_response, problem_responses
 
@@ -87,9 +87,14 @@ async def submit_job(request: Request, services: ServicesDep, policy: PolicyDep)
     parsed = dockerfile_parser.parse(body, limit)
     submission_policy.check(parsed, policy)
     job = Job(id=uuid.uuid4().hex, dockerfile_sha256=parsed.sha256, dockerfile_bytes=len(body))
-    await services.store.create(job, parsed.text)
+    settings = services.settings
+    await services.store.create(job, parsed.text, deadline_s=queued_deadline_s(settings))
     try:
-        await services.redis.enqueue_job(TASK, job.id, _job_id=job.id)
+        # A job no worker starts within the queue timeout is dropped by arq, and failed
+        # `worker_lost` by the sweeper when its deadline passes.
+        await services.redis.enqueue_job(
+            TASK, job.id, _job_id=job.id, _expires=settings.queue_timeout_s
+        )
     except Exception:  # the store write is undone, so a job is either queued or not stored
         await services.store.delete(job.id)
         raise

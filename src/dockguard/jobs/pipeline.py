@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 
-from dockguard import models
-from dockguard.errors import ErrorCode, JobFailure
+from dockguard import base_images, models
+from dockguard.dockerfile import parse as parse_dockerfile
+from dockguard.errors import ErrorCode, JobFailure, SubmissionError
 from dockguard.logs import job_id_var
 from dockguard.models import (
     BuildInfo,
@@ -27,11 +29,14 @@ from dockguard.models import (
 )
 from dockguard.sandbox import BuildLimits, Prepared, outcome_failure, parse_result
 from dockguard.sandbox import RunLimits as SandboxRunLimits
+from dockguard.sandbox.bases import check_bases
 from dockguard.sandbox.build import BuildFailure
-from dockguard.services import Services
+from dockguard.services import Services, job_timeout_s, running_deadline_s
 from dockguard.store import StaleUpdate
 
 log = logging.getLogger(__name__)
+
+_TIMEOUT_SLACK_S = 5  # a cancellation this close to the job timeout is arq's timeout
 
 
 async def run_job(services: Services, job_id: str) -> str:
@@ -50,9 +55,11 @@ async def _run(services: Services, job_id: str) -> str:
         return "expired"
     if job.status.terminal:
         return job.status.value
+    await services.store.set_deadline(job_id, running_deadline_s(services.settings))
     pipeline = _Pipeline(services, job_id)
     result: JobResult | None = None
     failure: JobFailure | None = None
+    started = time.monotonic()
     try:
         await services.sandbox.cleanup(job_id)  # leftovers of an earlier, interrupted attempt
         result = await pipeline.steps()
@@ -61,6 +68,15 @@ async def _run(services: Services, job_id: str) -> str:
     except StaleUpdate:
         log.info("job ended elsewhere; stopping")
         return JobStatus.CANCELLED.value
+    except asyncio.CancelledError:
+        # arq cancels a job at its timeout, and when the worker shuts down (then it requeues
+        # the job, unless it ran out of tries: the sweeper fails it at its deadline).
+        timeout_s = job_timeout_s(services.settings)
+        if time.monotonic() - started < timeout_s - _TIMEOUT_SLACK_S:
+            raise
+        failure = JobFailure(
+            ErrorCode.JOB_TIMEOUT, f"the job did not finish within {timeout_s:g} s"
+        )
     except Exception:
         log.exception("job failed on an internal error")
         failure = JobFailure(
@@ -70,7 +86,7 @@ async def _run(services: Services, job_id: str) -> str:
         # Shielded: a worker shutting down must not leave this job's objects behind.
         await asyncio.shield(services.sandbox.cleanup(job_id))
     # The verdict is written only once nothing of the job is left in the engine.
-    status = await pipeline.conclude(result, failure)
+    status = await asyncio.shield(pipeline.conclude(result, failure))
     await services.dockerfiles.release(job_id)
     log.info("job finished", extra={"status": status.value})
     return status.value
@@ -101,6 +117,10 @@ class _Pipeline:
             await self.update(change)
         except StaleUpdate:
             log.info("job ended elsewhere before it could be marked %s", status.value)
+        except (ValueError, TypeError) as exc:  # the result cannot be serialised as stored JSON
+            log.warning("result could not be stored", extra={"why": str(exc)[:300]})
+            invalid = JobFailure(ErrorCode.RESULT_INVALID, "/data/perf.json cannot be stored")
+            return await self.conclude(None, invalid)
         return status
 
     async def steps(self) -> JobResult:
@@ -139,6 +159,7 @@ class _Pipeline:
 
     async def build(self, dockerfile: str) -> Prepared:
         await self.update(lambda job: _advance(job, JobStatus.BUILDING))
+        await self.check_bases(dockerfile)
         limits = BuildLimits.from_settings(self.settings)
         try:
             outcome = await self.services.sandbox.build(self.job_id, dockerfile, limits)
@@ -165,6 +186,21 @@ class _Pipeline:
             tail = outcome.log_tail + failure.log_tail
             await self.update(lambda job: setattr(job.build, "log_tail", tail))
             raise
+
+    async def check_bases(self, dockerfile: str) -> None:
+        """Every image the build starts from is on the engine (or allowed and pulled by us),
+        and none has ONBUILD triggers: the engine itself must never pull on the build's behalf."""
+        try:
+            parsed = parse_dockerfile(dockerfile.encode("utf-8"), max_bytes=1 << 30)
+            bases = base_images.resolve(parsed)
+        except SubmissionError as exc:  # accepted under an older policy: refused now
+            raise JobFailure(exc.code, exc.message, rejected=True) from exc
+        await check_bases(
+            self.services.sandbox.docker,
+            bases,
+            pull_allow=tuple(self.settings.build_pull_allow),
+            pull_timeout_s=self.settings.build_timeout_s,
+        )
 
     async def run(self, prepared: Prepared) -> JobResult:
         settings = self.settings

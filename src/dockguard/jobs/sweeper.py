@@ -1,6 +1,7 @@
-"""The sweeper: removes dockguard's containers, volumes and images that outlived any job that
-could own them, so a worker killed mid-job (no `finally` ran) leaks nothing for long. It runs
-at worker start and every 10 minutes (an arq cron job: one worker per slot).
+"""The sweeper: removes dockguard's containers, networks, volumes and images that outlived any
+job that could own them, so a worker killed mid-job (no `finally` ran) leaks nothing for long. It
+runs at worker start and every 10 minutes (an arq cron job: one worker per slot). Beside it, the
+reaper fails the jobs that passed their deadline unfinished (`worker_lost`), every 30 s.
 
 Age is the only criterion: an object older than the longest a job can last cannot belong to a
 running job, whichever deployment created it (several can share an engine, each with its own
@@ -11,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime
 from typing import Any
 
 import aiodocker
-from aiodocker.volumes import DockerVolume
 from arq.cron import CronJob, cron
 
-from dockguard.sandbox import names
+from dockguard.errors import ErrorCode
+from dockguard.models import ErrorInfo, Job, JobStatus
+from dockguard.sandbox import egress, names
+from dockguard.sandbox.cleanup import remove_objects
+from dockguard.sandbox.egress import EgressUnavailable
 from dockguard.services import Services, job_timeout_s
+from dockguard.store import StaleUpdate
 
 log = logging.getLogger(__name__)
 
@@ -30,46 +34,67 @@ _MARGIN_S = 600
 async def sweep(docker: aiodocker.Docker, older_than_s: float, *, job_id: str | None = None) -> int:
     """Remove managed objects (of one job, if given) created more than `older_than_s` ago;
     returns how many."""
-    cutoff = time.time() - older_than_s
-    removed = 0
     filters = names.label_filter(job_id) if job_id else _MANAGED
-    for container in await docker.containers.list(all=True, filters=filters):
-        if container._container.get("Created", cutoff) < cutoff:
-            removed += await _remove(container.delete(force=True, v=True))
-    volumes = (await docker.volumes.list(filters=filters)).get("Volumes") or []
-    for volume in volumes:
-        if _timestamp(volume.get("CreatedAt")) < cutoff:
-            removed += await _remove(DockerVolume(docker, volume["Name"]).delete())
-    for image in await docker.images.list(all=True, filters=filters):
-        if image.get("Created", cutoff) < cutoff:
-            removed += await _remove(docker.images.delete(image["Id"], force=True))
+    removed = await remove_objects(docker, filters, created_before=time.time() - older_than_s)
     if removed:
         log.warning("swept leftovers of interrupted jobs", extra={"removed": removed})
     return removed
-
-
-def _timestamp(value: str | None) -> float:
-    try:
-        return datetime.fromisoformat(value or "").timestamp()
-    except ValueError:
-        return time.time()  # unknown age: never swept
-
-
-async def _remove(call: Any) -> int:
-    try:
-        await call
-    except aiodocker.DockerError as exc:
-        if exc.status not in (404, 409):  # gone already, or in use (swept next time)
-            log.warning("sweep could not remove an object", extra={"why": str(exc)[:200]})
-        return 0
-    return 1
 
 
 async def _cron_task(ctx: dict[str, Any]) -> int:
     services: Services = ctx["services"]
     older_than_s = job_timeout_s(services.settings) + _MARGIN_S
     async with asyncio.timeout(300):
-        return await sweep(services.sandbox.docker, older_than_s)
+        removed = await sweep(services.sandbox.docker, older_than_s)
+        if services.sandbox.egress is not None:  # rules whose job network is gone
+            try:
+                await egress.prune_firewall(services.sandbox.docker)
+            except EgressUnavailable as exc:
+                log.warning("could not prune build firewall rules", extra={"why": str(exc)})
+        return removed
+
+
+async def reap(services: Services, *, now: float | None = None) -> int:
+    """Fail every unfinished job whose deadline has passed (`worker_lost`): no worker is on it
+    any more, or arq's own timeout would have ended it first. Its engine objects are removed and
+    its Dockerfile released, as at the end of any job. Returns how many jobs were failed."""
+    failed = 0
+    for job_id in await services.store.overdue(time.time() if now is None else now):
+        await services.sandbox.cleanup(job_id)
+        if await _fail_lost(services, job_id):
+            failed += 1
+            await services.dockerfiles.release(job_id)
+        await services.store.forget_deadline(job_id)
+    if failed:
+        log.warning("failed jobs that no worker finished by their deadline", extra={"jobs": failed})
+    return failed
+
+
+async def _fail_lost(services: Services, job_id: str) -> bool:
+    lost = ErrorInfo(
+        code=ErrorCode.WORKER_LOST.value,
+        message="no worker finished the job by its deadline (a worker stopped or was lost)",
+    )
+
+    def change(job: Job) -> None:
+        if not job.status.terminal:
+            job.status, job.error = JobStatus.FAILED, lost
+
+    try:
+        job = await services.store.update(job_id, change)
+    except StaleUpdate:
+        return False
+    return job is not None and job.error == lost
+
+
+async def _reap_task(ctx: dict[str, Any]) -> int:
+    async with asyncio.timeout(120):
+        return await reap(ctx["services"])
+
+
+def reap_cron() -> CronJob:
+    """Every 30 s, and at start: cheap (one sorted-set range read when nothing is late)."""
+    return cron(_reap_task, name="reap", second={0, 30}, run_at_startup=True, timeout=150)
 
 
 def sweep_cron() -> CronJob:

@@ -9,7 +9,7 @@ from arq import Worker, func
 
 from dockguard.jobs.dbrefresh import refresh_cron
 from dockguard.jobs.pipeline import run_job
-from dockguard.jobs.sweeper import sweep_cron
+from dockguard.jobs.sweeper import reap_cron, sweep_cron
 from dockguard.services import Services, deserialize, job_timeout_s, serialize
 from dockguard.store.keys import QUEUE_NAME
 
@@ -24,7 +24,7 @@ async def _task(ctx: dict[str, Any], job_id: str) -> str:
 def create_worker(services: Services, *, handle_signals: bool) -> Worker:
     return Worker(
         functions=[func(_task, name=TASK, max_tries=3, timeout=job_timeout_s(services.settings))],
-        cron_jobs=[*refresh_cron(services), sweep_cron()],
+        cron_jobs=[*refresh_cron(services), sweep_cron(), reap_cron()],
         redis_pool=services.redis,
         queue_name=QUEUE_NAME,
         ctx={"services": services},

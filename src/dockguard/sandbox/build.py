@@ -10,26 +10,25 @@ import re
 import tarfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiodocker
 
+from dockguard.dockerfile import parse as parse_dockerfile
 from dockguard.errors import ErrorCode, JobFailure
-from dockguard.sandbox import http, names
+from dockguard.sandbox import egress, http, names
 from dockguard.sandbox.cgroups import BuildCgroup, CgroupUnavailable
 from dockguard.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _STEP = re.compile(r"^Step \d+/\d+ : (\w+)")
-_LAYER = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 _RUN_EXIT = re.compile(r"returned a non-zero code: (\d+)")
 _MISSING_BASE = re.compile(
     r"pull access denied|repository does not exist|manifest unknown", re.IGNORECASE
 )
 _INFRASTRUCTURE = re.compile(r"://|\b\d{1,3}(?:\.\d{1,3}){3}\b|dial tcp|lookup ")
 _LINE_CAP = 1000
-_LAYER_REMOVAL_TIMEOUT_S = 10
 _STREAM_LINE_LIMIT = 1 << 20
 
 
@@ -37,7 +36,7 @@ _STREAM_LINE_LIMIT = 1 << 20
 class BuildLimits:
     timeout_s: float
     memory_mb: int
-    network: str
+    network: str  # egress, none or bridge (see egress.py)
     nocache: bool
     cpus: float = 1.0
     pids: int = 1024  # 0: no limit (see cgroups.py)
@@ -75,10 +74,10 @@ class BuildOutcome:
 
 @dataclass
 class _Progress:
-    """What the build stream told us so far: the log tail and the layers this build made."""
+    """What the build stream told us so far: the log tail, the step, the image (from the
+    engine's own `aux` message, never from what the build printed)."""
 
     tail: deque[str]
-    layers: list[str] = field(default_factory=list)
     image_id: str | None = None
     error: str | None = None
     step: str = ""
@@ -98,12 +97,8 @@ class _Progress:
         if not line.strip():
             return
         self.tail.append(line[:_LINE_CAP])
-        if step := _STEP.match(line):
+        if step := _STEP.match(line):  # for messages only: a RUN step can print anything
             self.step = step.group(1).upper()
-        elif (layer := _LAYER.match(line)) and self.step != "FROM":
-            self.layers.append(
-                layer.group(1)
-            )  # the FROM step's layer is the base image: never ours
 
 
 class Builder:
@@ -116,13 +111,13 @@ class Builder:
     ) -> BuildOutcome:
         """Build `dockerfile` (with an optional extra tar `context`), tagged `tag`.
 
-        Intermediate layers of a build that fails or times out are removed here; the tagged
-        image of a successful build is the caller's to remove (cleanup, by job label).
+        Every image the build makes, in every stage, whether it succeeds or not, carries the
+        job's labels (see `labelled`): cleanup finds and removes them all by label.
         """
         started = time.monotonic()
         progress = _Progress(tail=deque(maxlen=max(self._log_tail_lines, 1)))
         params = build_params(job_id, tag, limits)
-        body = _context_tar(dockerfile, context)
+        body = _context_tar(labelled(dockerfile, job_id), context)
         cgroup = BuildCgroup(f"{job_id}-{tag.rpartition(':')[2]}", limits.pids)
         try:
             async with asyncio.timeout(limits.timeout_s):
@@ -134,7 +129,6 @@ class Builder:
                 await self._stream(params, body, progress)
         except TimeoutError as exc:
             # Leaving the request closes the connection, which makes the engine cancel the build.
-            await self._remove_layers(progress.layers)
             raise BuildFailure(
                 ErrorCode.BUILD_TIMEOUT,
                 f"the build did not finish within {limits.timeout_s:g} s",
@@ -150,7 +144,6 @@ class Builder:
             ) from exc
         except aiodocker.DockerError as exc:
             log.info("build failed", extra={"engine_error": exc.message[:2000]})
-            await self._remove_layers(progress.layers)
             progress.tail.append(f"error: {_client_safe_error(exc.message, progress.step)}")
             raise BuildFailure(
                 ErrorCode.BUILD_FAILED,
@@ -162,7 +155,6 @@ class Builder:
                 await asyncio.shield(asyncio.to_thread(cgroup.remove))
         if progress.error or not progress.image_id:
             log.info("build failed", extra={"engine_error": (progress.error or "")[:2000]})
-            await self._remove_layers(progress.layers)
             raise BuildFailure(
                 ErrorCode.BUILD_FAILED,
                 _build_error_message(progress.error or "", progress.step),
@@ -200,39 +192,34 @@ class Builder:
             if buffer.strip():
                 progress.feed(_decode(buffer))
 
-    async def _remove_layers(self, layers: list[str]) -> None:
-        """Remove the intermediate images a failed build left, newest first; never force.
 
-        The engine reports a failed step before it removes the step's container (`forcerm`), and
-        an image still used by a container cannot be removed: on a conflict, retry briefly."""
-        for layer in reversed(layers):
-            try:
-                async with asyncio.timeout(_LAYER_REMOVAL_TIMEOUT_S):
-                    await self._remove_layer(layer)
-            except (aiodocker.DockerError, TimeoutError) as exc:
-                log.warning("could not remove build layer", extra={"layer": layer, "why": str(exc)})
-
-    async def _remove_layer(self, layer: str) -> None:
-        while True:
-            try:
-                image = await self._docker.images.inspect(layer)
-                if not image.get("RepoTags"):
-                    await self._docker.images.delete(layer, force=False)
-                return
-            except aiodocker.DockerError as exc:
-                if exc.status == 404:
-                    return
-                if exc.status != 409:
-                    raise
-            await asyncio.sleep(0.1)
+def labelled(dockerfile: str, job_id: str) -> str:
+    """The Dockerfile with the job's labels set right after each `FROM`. Labels pass from an
+    image to the images built on it, so every intermediate image of every stage carries them —
+    images of earlier stages and of failed steps too, which the engine's `labels` build parameter
+    (final image only) would miss. The submission policy refuses labels in dockguard's namespace,
+    so a Dockerfile cannot override them; the parser refuses a Dockerfile that ends inside a
+    continued instruction, so the added line always stands alone."""
+    parsed = parse_dockerfile(dockerfile.encode("utf-8"), max_bytes=1 << 30)
+    label = "LABEL " + " ".join(f'{key}="{value}"' for key, value in names.labels(job_id).items())
+    lines = dockerfile.split("\n")
+    for instruction in reversed(parsed.instructions):
+        if instruction.keyword == "FROM":
+            lines.insert(instruction.end_line, label)
+    return "\n".join(lines)
 
 
 def build_params(job_id: str, tag: str, limits: BuildLimits) -> dict[str, str]:
     """`POST /build` query parameters: the build's sandbox. Client-supplied build args, remote
-    contexts and pulls are never passed; `nocache` keeps one job from reusing (or poisoning)
-    another's layers; `forcerm` removes the containers of failed steps."""
+    contexts and pulls are never passed (with `egress`, the only build args are the engine's
+    predefined proxy ones, naming the job's proxy); `nocache` keeps one job from reusing (or
+    poisoning) another's layers; `forcerm` removes the containers of failed steps."""
     memory = str(limits.memory_mb * 1024 * 1024)
     period = 100_000
+    network, proxy_args = limits.network, {}
+    if limits.network == "egress":  # the job's own network (set up by egress.Egress)
+        network = egress.network_name(job_id)
+        proxy_args = {"buildargs": json.dumps(egress.proxy_build_args())}
     return {
         "t": tag,
         "dockerfile": "Dockerfile",
@@ -246,7 +233,7 @@ def build_params(job_id: str, tag: str, limits: BuildLimits) -> dict[str, str]:
         "cpuperiod": str(period),
         "cpuquota": str(int(limits.cpus * period)),
         "shmsize": str(64 * 1024 * 1024),
-        "networkmode": limits.network,
+        "networkmode": network,
         "ulimits": json.dumps(
             [
                 _ulimit("nofile", limits.nofile),
@@ -254,6 +241,7 @@ def build_params(job_id: str, tag: str, limits: BuildLimits) -> dict[str, str]:
                 _ulimit("core", 0),
             ]
         ),
+        **proxy_args,
     }
 
 

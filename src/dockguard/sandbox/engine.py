@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-import tarfile
 from collections.abc import Awaitable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import aiodocker
 import aiohttp
-from aiodocker.volumes import DockerVolume
 
-from dockguard.sandbox import names
+from dockguard.errors import ErrorCode
+from dockguard.sandbox import archive, egress, names
 from dockguard.sandbox.build import Builder, BuildFailure, BuildLimits, BuildOutcome
+from dockguard.sandbox.cleanup import remove_objects
+from dockguard.sandbox.egress import Egress, EgressUnavailable
+from dockguard.sandbox.hardening import image_volumes
 from dockguard.sandbox.result import fetch_result
-from dockguard.sandbox.run import RunLimits, Runner, RunOutcome
+from dockguard.sandbox.run import RunLimits, Runner, RunOutcome, check_data_dir
 from dockguard.sandbox.users import resolve_run_user
 
 log = logging.getLogger(__name__)
@@ -31,93 +32,76 @@ def connect(url: str | None, timeout_s: float) -> aiodocker.Docker:
 
 @dataclass
 class Prepared:
-    """The image that will run: the user's image plus a /data owned by the run user."""
+    """The image that will run, as whom, and its VOLUME paths (masked in the run)."""
 
     image_id: str
     user: str
+    volumes: tuple[str, ...] = ()
 
 
 class Sandbox:
-    def __init__(self, docker: aiodocker.Docker, log_tail_lines: int) -> None:
+    def __init__(
+        self, docker: aiodocker.Docker, log_tail_lines: int, egress: Egress | None = None
+    ) -> None:
         self.docker = docker
         self._builder = Builder(docker, log_tail_lines)
         self._runner = Runner(docker, log_tail_lines)
+        self.egress = egress  # needed for builds with network `egress`
 
     async def ping(self) -> None:
         await self.docker.version()
 
     async def build(self, job_id: str, dockerfile: str, limits: BuildLimits) -> BuildOutcome:
-        return await self._builder.build(
-            job_id, dockerfile, names.image_tag(job_id, "build"), limits
-        )
+        tag = names.image_tag(job_id, "build")
+        if limits.network != "egress":
+            return await self._builder.build(job_id, dockerfile, tag, limits)
+        if self.egress is None:
+            raise RuntimeError("build network egress without an Egress")
+        try:
+            async with self.egress.network(job_id):
+                return await self._builder.build(job_id, dockerfile, tag, limits)
+        except EgressUnavailable as exc:
+            log.error("build egress network unavailable", extra={"why": str(exc)[:500]})
+            raise BuildFailure(
+                ErrorCode.INTERNAL_ERROR,
+                "this worker cannot set up the build's egress network (see its logs; "
+                "scripts/proxy-image.sh builds the proxy image)",
+                [],
+            ) from exc
 
     async def prepare(self, job_id: str, image_id: str, limits: BuildLimits) -> Prepared:
-        """Give the image a /data directory owned by its run user.
-
-        A fresh named volume copies the ownership of the image's directory at its mount point on
-        first mount, and that is the only way we found for a non-root user to own the volume's
-        root (see notes/environment.md): one more `COPY --chown` build step, with no network.
-        """
+        """Inspect the built image before anything of it runs: resolve its run user and check its
+        /data, both read from a container of it that is created and never started. (`limits`:
+        the build's; nothing is built here any more. /data's owner now comes from its tmpfs
+        options, see run.py.)"""
         image = await self.docker.images.inspect(image_id)
-        user = await resolve_run_user(self.docker, job_id, image)
-        context = io.BytesIO()
-        with tarfile.open(fileobj=context, mode="w") as tar:
-            data_dir = tarfile.TarInfo("data")
-            data_dir.type, data_dir.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(data_dir)
-        dockerfile = f"FROM {image_id}\nCOPY --chown={user} data /data\n"
-        finalize = replace(
-            limits, timeout_s=min(limits.timeout_s, 120), network="none", nocache=True
-        )
-        try:
-            outcome = await self._builder.build(
-                job_id,
-                dockerfile,
-                names.image_tag(job_id, "final"),
-                finalize,
-                context=context.getvalue(),
-            )
-        except BuildFailure as exc:
-            raise BuildFailure(
-                exc.code, f"preparing the image's /data failed: {exc.message}", exc.log_tail
-            ) from exc
-        return Prepared(image_id=outcome.image_id, user=user)
+        async with archive.image_reader(self.docker, job_id, image) as reader:
+            await check_data_dir(self.docker, reader)
+            user = await resolve_run_user(self.docker, reader, image)
+        return Prepared(image_id=image_id, user=user, volumes=image_volumes(image))
 
     async def run(self, job_id: str, prepared: Prepared, limits: RunLimits) -> RunOutcome:
-        return await self._runner.run(job_id, prepared.image_id, prepared.user, limits)
+        return await self._runner.run(
+            job_id, prepared.image_id, prepared.user, limits, prepared.volumes
+        )
 
     async def fetch_result(self, container_id: str, max_bytes: int) -> bytes:
+        """From the stopped run container: its /data is still mounted, by the holder (run.py)."""
         return await fetch_result(self.docker, container_id, max_bytes)
 
     async def cleanup(self, job_id: str) -> None:
-        """Remove every container, volume and image labelled with the job id. Idempotent; never
-        raises (a failure is logged and left for the next cleanup of the same job)."""
+        """Remove every container, network, volume and image labelled with the job id (one
+        routine, shared with the sweeper: cleanup.py). Idempotent; never raises (a failure is
+        logged and left for the next cleanup of the same job, or the sweeper)."""
         try:
             async with asyncio.timeout(_CLEANUP_TIMEOUT_S):
-                await self._remove_containers(job_id)
-                await self._remove_volumes(job_id)
-                await self._remove_images(job_id)
-        except (aiodocker.DockerError, TimeoutError) as exc:
+                await remove_objects(self.docker, names.label_filter(job_id))
+                for stage in ("final", "build"):  # tags only ever name labelled images: gone
+                    await _ignore_missing(self.docker.images.delete(names.image_tag(job_id, stage)))
+                if self.egress is not None:
+                    await egress.remove_firewall(job_id)
+        except (aiodocker.DockerError, TimeoutError, EgressUnavailable) as exc:
             log.warning("cleanup incomplete", extra={"why": str(exc)[:300]})
-
-    async def _remove_containers(self, job_id: str) -> None:
-        filters = names.label_filter(job_id)
-        for container in await self.docker.containers.list(all=True, filters=filters):
-            await _ignore_missing(container.delete(force=True, v=True))
-
-    async def _remove_volumes(self, job_id: str) -> None:
-        found = await self.docker.volumes.list(filters=names.label_filter(job_id))
-        for volume in found.get("Volumes") or []:
-            await _ignore_missing(DockerVolume(self.docker, volume["Name"]).delete())
-
-    async def _remove_images(self, job_id: str) -> None:
-        # Tags first: removing a tag never touches an image another tag still names.
-        for stage in ("final", "build"):
-            await _ignore_missing(self.docker.images.delete(names.image_tag(job_id, stage)))
-        leftover = await self.docker.images.list(filters=names.label_filter(job_id), all=True)
-        for image in leftover:
-            if not image.get("RepoTags") or image["RepoTags"] == ["<none>:<none>"]:
-                await _ignore_missing(self.docker.images.delete(image["Id"]))
 
 
 async def _ignore_missing(call: Awaitable[object]) -> None:

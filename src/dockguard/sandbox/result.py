@@ -62,6 +62,9 @@ def parse_result(raw: bytes) -> JobResult:
         raise _invalid("it is not strict JSON with finite numbers") from exc
     if not isinstance(data, dict):
         raise _invalid("it must be a JSON object")
+    if _has_lone_surrogate(text):
+        # `"\ud800"` parses, but is no Unicode text: the result could never be stored.
+        raise _invalid("it holds a \\u escape of a lone UTF-16 surrogate, which is not text")
     depth, members = _shape(data)
     if depth > MAX_DEPTH:
         raise _invalid(f"it is nested deeper than {MAX_DEPTH} levels")
@@ -75,6 +78,18 @@ def parse_result(raw: bytes) -> JobResult:
     except OverflowError as exc:
         raise _invalid("its `perf` member is out of range") from exc
     return JobResult(perf=value, data=data)
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    """Whether the parsed document holds a code point that cannot be encoded as UTF-8 (JSON's
+    `\\uD800` to `\\uDFFF` escapes, unpaired); decoding the document found no raw surrogates."""
+    if "\\u" not in text and "\\U" not in text:
+        return False
+    try:
+        json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _invalid(why: str) -> JobFailure:

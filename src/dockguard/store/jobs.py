@@ -1,8 +1,11 @@
-"""Job records. Every job record write goes through `JobStore.update`, which enforces that a
-job's status only moves forward. (Every Redis key is built in keys.py.)"""
+"""Job records. A record is written once by `JobStore.create`, then only through
+`JobStore.update`, which enforces that a job's status only moves forward. Beside the records, a
+sorted set holds the deadline of every unfinished job, so that the sweeper can fail a job that no
+worker finished in time (`worker_lost`). (Every Redis key is built in keys.py.)"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import suppress
 
@@ -11,7 +14,7 @@ from redis.exceptions import RedisError, WatchError
 
 from dockguard.models import Job, utcnow
 from dockguard.store.dockerfiles import DockerfileStore
-from dockguard.store.keys import job_key
+from dockguard.store.keys import DEADLINES, job_key
 
 
 class StaleUpdate(Exception):
@@ -28,14 +31,18 @@ class JobStore:
         self._ttl_s = ttl_s
         self.dockerfiles = dockerfiles or DockerfileStore(redis, ttl_s)
 
-    async def create(self, job: Job, dockerfile: str) -> None:
-        """Store the Dockerfile, then the job, both expiring after the job TTL.
+    async def create(self, job: Job, dockerfile: str, *, deadline_s: float) -> None:
+        """Store the Dockerfile, then the job, both expiring after the job TTL, and its deadline
+        (`deadline_s` from now).
 
         They may live in two Redis servers, so there is no transaction: the Dockerfile is written
         first, so a stored job always has one, and removed again if the job cannot be written."""
         await self.dockerfiles.put(job.id, dockerfile)
         try:
-            await self._redis.set(job_key(job.id), job.model_dump_json(), ex=self._ttl_s)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(job_key(job.id), job.model_dump_json(), ex=self._ttl_s)
+                pipe.zadd(DEADLINES, {job.id: time.time() + deadline_s})
+                await pipe.execute()
         except BaseException:
             with suppress(RedisError):  # it expires with the TTL anyway
                 await self.dockerfiles.delete(job.id)
@@ -47,7 +54,20 @@ class JobStore:
 
     async def delete(self, job_id: str) -> None:
         await self._redis.delete(job_key(job_id))
+        await self._redis.zrem(DEADLINES, job_id)
         await self.dockerfiles.delete(job_id)
+
+    async def set_deadline(self, job_id: str, deadline_s: float) -> None:
+        """A worker took the job: it must end within `deadline_s` from now."""
+        await self._redis.zadd(DEADLINES, {job_id: time.time() + deadline_s}, xx=True)
+
+    async def overdue(self, now: float, limit: int = 100) -> list[str]:
+        """Ids of unfinished jobs whose deadline has passed, oldest first."""
+        ids = await self._redis.zrangebyscore(DEADLINES, "-inf", now, start=0, num=limit)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    async def forget_deadline(self, job_id: str) -> None:
+        await self._redis.zrem(DEADLINES, job_id)
 
     async def update(self, job_id: str, change: Callable[[Job], None]) -> Job | None:
         """Apply `change` to the stored job atomically (optimistic WATCH/MULTI), keeping its TTL.
@@ -71,8 +91,11 @@ class JobStore:
                     job.updated_at = utcnow()
                     if job.status.terminal and job.finished_at is None:
                         job.finished_at = job.updated_at
+                    record = job.model_dump_json()  # may raise: nothing is written then
                     pipe.multi()
-                    pipe.set(key, job.model_dump_json(), keepttl=True)
+                    pipe.set(key, record, keepttl=True)
+                    if job.status.terminal:
+                        pipe.zrem(DEADLINES, job_id)
                     await pipe.execute()
                     return job
                 except WatchError:

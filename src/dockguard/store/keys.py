@@ -6,6 +6,7 @@ from __future__ import annotations
 PREFIX = "dockguard"
 QUEUE_NAME = f"{PREFIX}:queue"
 DB_REFRESH_LOCK = f"{PREFIX}:scanner:db-refresh-lock"
+DEADLINES = f"{PREFIX}:deadlines"  # sorted set: id of each unfinished job → its Unix deadline
 
 
 def job_key(job_id: str) -> str:
