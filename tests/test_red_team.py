@@ -196,17 +196,20 @@ async def test_fake_layer_ids_in_build_output_are_ignored(
         await docker.images.delete(victim, force=True)
 
 
-async def test_images_of_every_stage_are_removed(dg: Dockguard, docker: aiodocker.Docker) -> None:
+@pytest.mark.parametrize("last_step", ['CMD ["true"]', "RUN echo {marker}-failing && false"])
+async def test_images_of_every_stage_are_removed(
+    dg: Dockguard, docker: aiodocker.Docker, last_step: str
+) -> None:
+    """Images of an earlier stage are no parent of the final image and carried no label."""
     marker = uuid.uuid4().hex
     job = await dg.run(
         "FROM busybox:latest AS first\n"
         f"RUN echo {marker} > /a\n"
         "FROM busybox:latest\n"
         "COPY --from=first /a /a\n"
-        "USER 1000\n"
-        f"RUN echo {marker}-failing && false\n"
+        "USER 1000\n" + last_step.format(marker=marker) + "\n"
     )
-    assert job["status"] == "failed", job
+    assert job["status"] == "failed", job  # no perf.json, or the failing RUN
     remaining = []
     for image in await docker.images.list(all=True):
         config = (await docker.images.inspect(image["Id"])).get("ContainerConfig") or {}
@@ -326,3 +329,16 @@ async def test_red_team_parser_findings_are_refused(
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "dockerfile_forbidden"
     assert fragment in response.json()["detail"]
+
+
+async def test_a_job_past_its_timeout_ends_job_timeout(
+    instances: Instances, docker: aiodocker.Docker
+) -> None:
+    """The pipeline's own budget (DOCKGUARD_JOB_TIMEOUT_S) ends a job whose steps are each
+    within their limits, writes the terminal status and removes everything."""
+    short = await instances.get(job_timeout_s=6, **FAST)
+    job = await short.run('FROM busybox:latest\nUSER 1000\nCMD ["sleep", "60"]\n', timeout_s=60)
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "job_timeout"
+    assert await short.services.redis.exists(dockerfile_key(job["id"])) == 0
+    assert await leftovers(docker, job["id"]) == []

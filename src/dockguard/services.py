@@ -43,10 +43,16 @@ def redis_settings(url: str) -> RedisSettings:
 
 
 def job_timeout_s(settings: Settings) -> float:
-    """The longest a job may take: longer than all of its steps' own timeouts together, so a
-    step's timeout always fires first (two scans, two builds, the run, and slack)."""
+    """The longest a job may take: DOCKGUARD_JOB_TIMEOUT_S, or by default longer than all of its
+    steps' own timeouts together, so that a step's timeout fires first (two scans, the build,
+    the run, and slack)."""
     s = settings
+    if s.job_timeout_s:
+        return s.job_timeout_s
     return 3 * s.scanner_timeout_s + 2 * s.build_timeout_s + s.run_timeout_s + 300
+
+
+ARQ_MARGIN_S = 60  # arq's own job timeout: a backstop behind the pipeline's
 
 
 RUNNING_MARGIN_S = 120  # past the job timeout: arq's own timeout and our cleanup come first

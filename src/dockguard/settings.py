@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     # Jobs and submissions
     job_ttl_s: int = Field(86400, ge=1)
     queue_timeout_s: int = Field(3600, ge=1)
+    job_timeout_s: float = Field(0, ge=0)  # 0: the steps' timeouts together, plus 300 s
     max_dockerfile_bytes: int = Field(65536, ge=1)
 
     # Submission policy

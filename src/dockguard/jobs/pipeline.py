@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -36,7 +35,9 @@ from dockguard.store import StaleUpdate
 
 log = logging.getLogger(__name__)
 
-_TIMEOUT_SLACK_S = 5  # a cancellation this close to the job timeout is arq's timeout
+
+def _internal() -> JobFailure:
+    return JobFailure(ErrorCode.INTERNAL_ERROR, "an internal error stopped the job; see the logs")
 
 
 async def run_job(services: Services, job_id: str) -> str:
@@ -59,29 +60,28 @@ async def _run(services: Services, job_id: str) -> str:
     pipeline = _Pipeline(services, job_id)
     result: JobResult | None = None
     failure: JobFailure | None = None
-    started = time.monotonic()
+    timeout_s = job_timeout_s(services.settings)
+    budget = asyncio.timeout(timeout_s)  # arq's own timeout is only a backstop behind it
     try:
-        await services.sandbox.cleanup(job_id)  # leftovers of an earlier, interrupted attempt
-        result = await pipeline.steps()
+        async with budget:
+            await services.sandbox.cleanup(job_id)  # leftovers of an interrupted attempt
+            result = await pipeline.steps()
     except JobFailure as exc:
         failure = exc
     except StaleUpdate:
         log.info("job ended elsewhere; stopping")
         return JobStatus.CANCELLED.value
-    except asyncio.CancelledError:
-        # arq cancels a job at its timeout, and when the worker shuts down (then it requeues
-        # the job, unless it ran out of tries: the sweeper fails it at its deadline).
-        timeout_s = job_timeout_s(services.settings)
-        if time.monotonic() - started < timeout_s - _TIMEOUT_SLACK_S:
-            raise
-        failure = JobFailure(
-            ErrorCode.JOB_TIMEOUT, f"the job did not finish within {timeout_s:g} s"
-        )
+    except TimeoutError:
+        if not budget.expired():  # not the job's timeout: a call that had none of its own
+            log.exception("job failed on an internal error")
+            failure = _internal()
+        else:
+            failure = JobFailure(
+                ErrorCode.JOB_TIMEOUT, f"the job did not finish within {timeout_s:g} s"
+            )
     except Exception:
         log.exception("job failed on an internal error")
-        failure = JobFailure(
-            ErrorCode.INTERNAL_ERROR, "an internal error stopped the job; see the logs"
-        )
+        failure = _internal()
     finally:
         # Shielded: a worker shutting down must not leave this job's objects behind.
         await asyncio.shield(services.sandbox.cleanup(job_id))
