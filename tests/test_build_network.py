@@ -198,7 +198,9 @@ async def test_a_build_cannot_reach_another_jobs_build_or_proxy(
     dockguard = await instances.get(**FAST)
     # The first job listens in its RUN step (on its proxy's port too) until told to stop, and
     # reports what it received: only its own check that the listeners work.
-    listen = "(while :; do nc -l -p {0} >> /got 2>/dev/null; done &)"
+    # (Each connection's data is read to its end by `cat`: a plain `nc -l` may quit at its own
+    # stdin's end before it read what a client sent.)
+    listen = "(while :; do nc -l -p {0} -e sh -c 'cat >> /got' 2>/dev/null; done &)"
     check = "until echo self{0} | nc -w 1 127.0.0.1 {0}; do sleep 0.1; done"
     listening = (
         "FROM busybox:latest\n"
