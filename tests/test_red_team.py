@@ -342,3 +342,20 @@ async def test_a_job_past_its_timeout_ends_job_timeout(
     assert job["error"]["code"] == "job_timeout"
     assert await short.services.redis.exists(dockerfile_key(job["id"])) == 0
     assert await leftovers(docker, job["id"]) == []
+
+
+async def test_the_images_group_file_grants_no_supplementary_groups(
+    dg: Dockguard, docker: aiodocker.Docker
+) -> None:
+    """runc would add the groups an image's /etc/group lists the user in (root's too) if the run
+    user were a uid alone; dockguard always passes uid:gid."""
+    script = 'printf \'{"perf": 1, "groups": "%s"}\' "$(id -G)" > /data/perf.json'
+    job = await dg.run(
+        "FROM busybox:latest\n"
+        'RUN echo "u:x:1000:1000::/:/bin/sh" >> /etc/passwd && echo "root:x:0:u" > /etc/group '
+        '&& echo "wheel:x:10:u" >> /etc/group\n'
+        f"USER u\nCMD {json.dumps(['sh', '-c', script])}\n"
+    )
+    assert job["status"] == "succeeded", job
+    assert job["result"]["data"]["groups"] == "1000"
+    assert await leftovers(docker, job["id"]) == []
