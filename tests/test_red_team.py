@@ -8,16 +8,20 @@ contact, and they must never see a connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -359,3 +363,58 @@ async def test_the_images_group_file_grants_no_supplementary_groups(
     assert job["status"] == "succeeded", job
     assert job["result"]["data"]["groups"] == "1000"
     assert await leftovers(docker, job["id"]) == []
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A registry on loopback (Debian's docker-registry, started here): `127.0.0.1:PORT`."""
+    binary = shutil.which("docker-registry")
+    assert binary, "docker-registry is not installed (scripts/test.sh installs it)"
+    work = tmp_path_factory.mktemp("registry")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = work / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {work / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    process = subprocess.Popen([binary, "serve", str(config)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
+                break
+        except OSError:
+            assert process.poll() is None, "docker-registry exited at start"
+            assert time.monotonic() < deadline, "docker-registry did not start"
+            time.sleep(0.1)
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+async def test_an_allowed_base_image_is_pulled_by_dockguard_and_others_are_not(
+    instances: Instances, docker: aiodocker.Docker, registry: str
+) -> None:
+    allowed, other = f"{registry}/dgtest/busybox:1", f"{registry}/elsewhere/busybox:1"
+    for reference in (allowed, other):  # both exist in the registry, neither on the engine
+        await docker.images.tag("busybox:latest", repo=reference.rpartition(":")[0], tag="1")
+        await docker.images.push(reference)
+        await docker.images.delete(reference)
+    pulling = await instances.get(build_pull_allow=f"{registry}/dgtest/*", **FAST)
+    try:
+        job = await pulling.run(f'FROM {allowed}\nUSER 1000\nCMD ["true"]\n')
+        assert job["error"]["code"] == "result_missing", job  # it built and ran: the pull worked
+        await docker.images.inspect(allowed)
+        refused = await pulling.run(f'FROM {other}\nUSER 1000\nCMD ["true"]\n')
+        assert refused["error"]["code"] == "build_failed", refused
+        assert "is not on this engine" in refused["error"]["message"]
+        with pytest.raises(aiodocker.DockerError):
+            await docker.images.inspect(other)  # never pulled
+        assert await leftovers(docker, job["id"]) == []
+        assert await leftovers(docker, refused["id"]) == []
+    finally:
+        for reference in (allowed, other):
+            with contextlib.suppress(aiodocker.DockerError):
+                await docker.images.delete(reference)
