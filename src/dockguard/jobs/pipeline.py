@@ -92,6 +92,25 @@ async def _run(services: Services, job_id: str) -> str:
     return status.value
 
 
+async def fail_lost(services: Services, job_id: str) -> bool:
+    """Fail a job that outlived its deadline unfinished (`worker_lost`; the sweeper's reaper
+    calls this). Returns whether this call ended it."""
+    lost = ErrorInfo(
+        code=ErrorCode.WORKER_LOST.value,
+        message="no worker finished the job by its deadline (a worker stopped or was lost)",
+    )
+
+    def change(job: Job) -> None:
+        if not job.status.terminal:
+            job.status, job.error = JobStatus.FAILED, lost
+
+    try:
+        job = await services.store.update(job_id, change)
+    except StaleUpdate:
+        return False
+    return job is not None and job.error == lost
+
+
 class _Pipeline:
     def __init__(self, services: Services, job_id: str) -> None:
         self.services = services

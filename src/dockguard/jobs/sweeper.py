@@ -17,13 +17,11 @@ from typing import Any
 import aiodocker
 from arq.cron import CronJob, cron
 
-from dockguard.errors import ErrorCode
-from dockguard.models import ErrorInfo, Job, JobStatus
+from dockguard.jobs.pipeline import fail_lost
 from dockguard.sandbox import egress, names
 from dockguard.sandbox.cleanup import remove_objects
 from dockguard.sandbox.egress import EgressUnavailable
 from dockguard.services import Services, job_timeout_s
-from dockguard.store import StaleUpdate
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +59,13 @@ async def reap(services: Services, *, now: float | None = None) -> int:
     failed = 0
     for job_id in await services.store.overdue(time.time() if now is None else now):
         await services.sandbox.cleanup(job_id)
-        if await _fail_lost(services, job_id):
+        if await fail_lost(services, job_id):
             failed += 1
             await services.dockerfiles.release(job_id)
         await services.store.forget_deadline(job_id)
     if failed:
         log.warning("failed jobs that no worker finished by their deadline", extra={"jobs": failed})
     return failed
-
-
-async def _fail_lost(services: Services, job_id: str) -> bool:
-    lost = ErrorInfo(
-        code=ErrorCode.WORKER_LOST.value,
-        message="no worker finished the job by its deadline (a worker stopped or was lost)",
-    )
-
-    def change(job: Job) -> None:
-        if not job.status.terminal:
-            job.status, job.error = JobStatus.FAILED, lost
-
-    try:
-        job = await services.store.update(job_id, change)
-    except StaleUpdate:
-        return False
-    return job is not None and job.error == lost
 
 
 async def _reap_task(ctx: dict[str, Any]) -> int:
