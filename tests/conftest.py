@@ -266,6 +266,19 @@ async def leftovers(docker: aiodocker.Docker, job_id: str) -> list[str]:
     return found
 
 
+async def assert_gone(docker: aiodocker.Docker, *jobs: dict[str, Any]) -> None:
+    for job in jobs:
+        assert await leftovers(docker, job["id"]) == [], job["id"]
+
+
+def assert_failed(job: dict[str, Any], code: str) -> None:
+    assert (job["status"], (job["error"] or {}).get("code")) == ("failed", code), (
+        job["error"],
+        job["build"],
+        job["run"],
+    )
+
+
 async def assert_no_leftovers(docker: aiodocker.Docker, job_ids: list[str]) -> None:
     remaining = {job: found for job in job_ids if (found := await leftovers(docker, job))}
     assert not remaining, f"jobs left objects in the engine: {remaining}"

@@ -23,7 +23,7 @@ import aiodocker
 import pytest
 import pytest_asyncio
 
-from tests.conftest import Dockguard, Instances, leftovers
+from tests.conftest import Dockguard, Instances, assert_failed, assert_gone
 
 # Nothing reads it: it is set before any instance starts, so that a leak of the worker's
 # environment into a container, a result or a log would show it.
@@ -91,19 +91,6 @@ async def alongside_benign(instance: Dockguard, *hostile: str) -> list[dict[str,
     assert benign["status"] == "succeeded", (benign["error"], benign["build"], benign["run"])
     assert benign["result"] == {"perf": BENIGN_PERF, "data": {"perf": BENIGN_PERF}}
     return jobs
-
-
-async def assert_gone(docker: aiodocker.Docker, *jobs: dict[str, Any]) -> None:
-    for job in jobs:
-        assert await leftovers(docker, job["id"]) == [], job["id"]
-
-
-def assert_failed(job: dict[str, Any], code: str) -> None:
-    assert (job["status"], (job["error"] or {}).get("code")) == ("failed", code), (
-        job["error"],
-        job["build"],
-        job["run"],
-    )
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

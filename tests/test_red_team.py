@@ -60,6 +60,17 @@ class Listener:
         await self._server.wait_closed()
 
 
+async def _until_running(
+    dg: Dockguard, job_id: str, alive: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait for a worker to start the job (and, if given, for `alive` to keep running)."""
+    deadline = time.monotonic() + 60
+    while (await dg.client.get(f"/v1/jobs/{job_id}")).json()["status"] != "running":
+        assert time.monotonic() < deadline, "no worker started the job"
+        assert alive is None or alive.poll() is None, "the worker exited"
+        await asyncio.sleep(0.2)
+
+
 @pytest_asyncio.fixture(scope="module")
 async def dg(instances: Instances) -> Dockguard:
     return await instances.get(**FAST)
@@ -167,10 +178,7 @@ async def test_an_unresolvable_base_image_is_refused_at_submission(dg: Dockguard
 async def test_another_jobs_image_cannot_be_a_base(dg: Dockguard, docker: aiodocker.Docker) -> None:
     response = await dg.submit('FROM busybox:latest\nUSER 1000\nCMD ["sleep", "10"]\n')
     first = response.json()["id"]
-    deadline = time.monotonic() + 60
-    while (await dg.client.get(f"/v1/jobs/{first}")).json()["status"] != "running":
-        assert time.monotonic() < deadline, "the first job did not start"
-        await asyncio.sleep(0.2)
+    await _until_running(dg, first)
     second = await dg.run(f"FROM dockguard/job-{first}:build\nUSER 1000\n")
     assert second["status"] == "rejected", second
     assert second["error"]["code"] == "base_image_forbidden"
@@ -291,11 +299,7 @@ async def test_a_job_whose_worker_was_killed_fails_at_its_deadline(
 ) -> None:
     response = await api_only.submit('FROM busybox:latest\nUSER 1000\nCMD ["sleep", "60"]\n')
     job_id = response.json()["id"]
-    deadline = time.monotonic() + 60
-    while (await api_only.client.get(f"/v1/jobs/{job_id}")).json()["status"] != "running":
-        assert time.monotonic() < deadline, "the worker did not start the job"
-        assert worker_process.poll() is None, "the worker exited"
-        await asyncio.sleep(0.2)
+    await _until_running(api_only, job_id, alive=worker_process)
     worker_process.send_signal(signal.SIGKILL)  # no `finally` runs
     worker_process.wait(timeout=10)
     assert await leftovers(docker, job_id) != []  # what the dead worker left running

@@ -20,7 +20,8 @@ import aiodocker
 import pytest
 import pytest_asyncio
 
-from tests.conftest import Dockguard, Instances, leftovers
+from tests import conftest
+from tests.conftest import Dockguard, Instances, assert_gone
 
 DATA_MB = 8
 PROFILE = {"run_timeout_s": 20, "build_timeout_s": 60, "run_memory_mb": 64, "run_data_mb": DATA_MB}
@@ -113,16 +114,9 @@ async def probes(instances: Instances) -> dict[str, dict[str, Any]]:
     return jobs
 
 
-async def assert_gone(docker: aiodocker.Docker, job: dict[str, Any]) -> None:
-    assert await leftovers(docker, job["id"]) == [], job["id"]
-
-
 def assert_failed(job: dict[str, Any], code: str) -> None:
-    assert (job["status"], (job["error"] or {}).get("code")) == ("failed", code), (
-        job["error"],
-        job["build"],
-        job["run"],
-    )
+    """Failed with `code`, in dockguard's words: no daemon text in the message."""
+    conftest.assert_failed(job, code)
     message = job["error"]["message"]
     for daemon_words in ("OCI", "runc", "shim", "Error response", "stat /", "Traceback"):
         assert daemon_words not in message, message

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from dockguard.dockerfile import Dockerfile, Instruction
 from dockguard.errors import ErrorCode, SubmissionError
 
-_PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
+PLAIN_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
 _PLAIN_VALUE = re.compile(r"^[A-Za-z0-9._:/@-]*$")
 _ARG = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$", re.DOTALL)
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
@@ -79,10 +79,10 @@ def _meta_arg(instruction: Instruction, meta: dict[str, str | None]) -> None:
 
 def _from(instruction: Instruction, meta: dict[str, str | None]) -> tuple[str, str | None]:
     words = instruction.arguments.split()
-    name = words[2].lower() if len(words) == 3 and words[1].casefold() == "as" else None
+    name = stage_name(words)
     written = words[0]
     image = _substitute(written, meta, instruction.line)
-    if not image or not _PLAIN.match(image):
+    if not image or not PLAIN_REFERENCE.match(image):
         raise _forbidden(
             instruction.line,
             f"base image {_shown(written)} cannot be resolved before the build (write a plain "
@@ -127,7 +127,7 @@ def _copy_from(instruction: Instruction, stages: list[str]) -> str | None:
             value.isascii() and value.isdigit() and int(value) < len(stages) - 1
         ):
             return None
-        if not _PLAIN.match(value):
+        if not PLAIN_REFERENCE.match(value):
             raise _forbidden(
                 instruction.line, f"COPY --from={_shown(value)} cannot be resolved before the build"
             )
@@ -139,8 +139,16 @@ def _shown(value: str) -> str:
     return repr(value if len(value) <= 80 else value[:80] + "…")
 
 
-def pull_allowed(reference: str, patterns: tuple[str, ...]) -> bool:
-    """fnmatch one `/`-separated part at a time, as for the submission policy's allowlist."""
+def stage_name(words: list[str]) -> str | None:
+    """The stage a `FROM image AS name` names, lower-case, as the engine compares them (its
+    EqualFold accepts a long s, U+017F, in `as`)."""
+    return words[2].lower() if len(words) == 3 and words[1].casefold() == "as" else None
+
+
+def matches_any(reference: str, patterns: tuple[str, ...]) -> bool:
+    """fnmatch one `/`-separated part at a time, with as many parts: `busybox:*` must not match
+    `busybox:5000/x`, an image on the registry at host `busybox`, port 5000. (The submission
+    policy's allowlist and DOCKGUARD_BUILD_PULL_ALLOW.)"""
     parts = reference.split("/")
     for pattern in patterns:
         globs = pattern.split("/")

@@ -31,7 +31,6 @@ another registry.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 from dataclasses import dataclass
@@ -44,7 +43,6 @@ from dockguard.settings import Settings
 
 _ENGINE_DIRECTIVES = frozenset({"syntax", "check"})  # read by BuildKit even after a `#!` line
 _DIRECTIVE_LIKE = re.compile(r"#\s*([a-zA-Z][a-zA-Z0-9_-]*)\s*=")
-_PLAIN_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 _SCP_LIKE_GIT = re.compile(r"^[\w.+-]+@[\w.-]+:")  # git@host:repo
 _REMOTE_FETCH = (
@@ -168,7 +166,7 @@ def _check_from(
     if not words:  # `FROM --`: the engine refuses it
         return None
     image = words[0]
-    name = words[2].lower() if len(words) == 3 and words[1].casefold() == "as" else None
+    name = base_images.stage_name(words)
     if image.lower() == "scratch" or image.lower() in stages:
         return name
     problem = _base_image_problem(image, policy)
@@ -186,10 +184,10 @@ def _base_image_problem(image: str, policy: SubmissionPolicy) -> str | None:
         return (
             f"a build argument cannot be checked against {what}; write the image reference itself"
         )
-    if not _PLAIN_REFERENCE.match(image):
+    if not base_images.PLAIN_REFERENCE.match(image):
         return f"quotes, escapes and other characters cannot be checked against {what}"
-    if policy.allowed_base_images and not any(
-        _glob_match(image, pattern) for pattern in policy.allowed_base_images
+    if policy.allowed_base_images and not base_images.matches_any(
+        image, policy.allowed_base_images
     ):
         return f"the allowed base images are: {_allowlist(policy)}"
     if policy.require_base_digest and not _DIGEST.search(image):
@@ -198,15 +196,6 @@ def _base_image_problem(image: str, policy: SubmissionPolicy) -> str | None:
             "change under you"
         )
     return None
-
-
-def _glob_match(image: str, pattern: str) -> bool:
-    """fnmatch, one `/`-separated part at a time: `busybox:*` must not match `busybox:5000/x`,
-    an image on the registry at host `busybox`, port 5000."""
-    parts, pattern_parts = image.split("/"), pattern.split("/")
-    return len(parts) == len(pattern_parts) and all(
-        fnmatch.fnmatchcase(part, glob) for part, glob in zip(parts, pattern_parts, strict=True)
-    )
 
 
 def _allowlist(policy: SubmissionPolicy) -> str:

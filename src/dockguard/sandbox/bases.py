@@ -10,7 +10,7 @@ from typing import Any
 
 import aiodocker
 
-from dockguard.base_images import BaseImage, pull_allowed
+from dockguard.base_images import BaseImage, matches_any
 from dockguard.errors import ErrorCode, JobFailure
 from dockguard.sandbox import names
 
@@ -28,7 +28,7 @@ async def check_bases(
     `base_image_forbidden` for one whose ONBUILD triggers would run in this build."""
     for base in bases:
         image = await _inspect(docker, base.reference)
-        if image is None and pull_allowed(base.reference, pull_allow):
+        if image is None and matches_any(base.reference, pull_allow):
             await _pull(docker, base, pull_timeout_s)
             image = await _inspect(docker, base.reference)
         if image is None:

@@ -52,6 +52,15 @@ def _timestamp(value: str | None) -> float:
         return time.time()  # unknown age: treated as new
 
 
+async def ignore_missing(call: Awaitable[object]) -> None:
+    """Await a removal; an object that is already gone (404) is fine."""
+    try:
+        await call
+    except aiodocker.DockerError as exc:
+        if exc.status != 404:
+            raise
+
+
 async def _remove(call: Awaitable[Any]) -> int:
     try:
         await call

@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import aiodocker
 
 from dockguard.sandbox import names
+from dockguard.sandbox.cleanup import ignore_missing
 from dockguard.sandbox.hardening import Isolation, container_config
 
 log = logging.getLogger(__name__)
@@ -330,7 +331,8 @@ class Egress:
 
 async def remove_networks(docker: aiodocker.Docker, job_id: str) -> None:
     """Remove the job's egress proxy, its networks (found by the job label) and their firewall
-    rules. Idempotent; for the job's cleanup too. Raises aiodocker.DockerError or
+    rules, right after its build (the job's cleanup, cleanup.py, removes them by label too, and
+    calls `remove_firewall`). Idempotent. Raises aiodocker.DockerError or
     EgressUnavailable when something could not be removed."""
     with contextlib.suppress(aiodocker.DockerError):
         await (await docker.containers.get(proxy_name(job_id))).delete(force=True, v=True)
@@ -338,17 +340,9 @@ async def remove_networks(docker: aiodocker.Docker, job_id: str) -> None:
     for found in await docker.networks.list(filters=filters):
         network = await docker.networks.get(found["Id"])
         for container in (await network.show()).get("Containers") or {}:
-            await _ignore_missing(network.disconnect({"Container": container, "Force": True}))
-        await _ignore_missing(network.delete())
+            await ignore_missing(network.disconnect({"Container": container, "Force": True}))
+        await ignore_missing(network.delete())
     await remove_firewall(job_id)
-
-
-async def _ignore_missing(call: Awaitable[object]) -> None:
-    try:
-        await call
-    except aiodocker.DockerError as exc:
-        if exc.status != 404:
-            raise
 
 
 async def _wait_ready(proxy: aiodocker.docker.DockerContainer) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import aiodocker
@@ -13,7 +12,7 @@ import aiohttp
 from dockguard.errors import ErrorCode
 from dockguard.sandbox import archive, egress, names
 from dockguard.sandbox.build import Builder, BuildFailure, BuildLimits, BuildOutcome
-from dockguard.sandbox.cleanup import remove_objects
+from dockguard.sandbox.cleanup import ignore_missing, remove_objects
 from dockguard.sandbox.egress import Egress, EgressUnavailable
 from dockguard.sandbox.hardening import image_volumes
 from dockguard.sandbox.result import fetch_result
@@ -96,17 +95,9 @@ class Sandbox:
         try:
             async with asyncio.timeout(_CLEANUP_TIMEOUT_S):
                 await remove_objects(self.docker, names.label_filter(job_id))
-                for stage in ("final", "build"):  # tags only ever name labelled images: gone
-                    await _ignore_missing(self.docker.images.delete(names.image_tag(job_id, stage)))
+                # The tag only ever names a labelled image: gone already, unless it was in use.
+                await ignore_missing(self.docker.images.delete(names.image_tag(job_id, "build")))
                 if self.egress is not None:
                     await egress.remove_firewall(job_id)
         except (aiodocker.DockerError, TimeoutError, EgressUnavailable) as exc:
             log.warning("cleanup incomplete", extra={"why": str(exc)[:300]})
-
-
-async def _ignore_missing(call: Awaitable[object]) -> None:
-    try:
-        await call
-    except aiodocker.DockerError as exc:
-        if exc.status != 404:
-            raise

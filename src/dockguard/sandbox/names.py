@@ -17,7 +17,7 @@ def label_filter(job_id: str) -> dict[str, list[str]]:
 
 
 def image_tag(job_id: str, stage: str) -> str:
-    """`stage` is `build` (the user's image) or `final` (with the job's /data prepared)."""
+    """`stage` is `build`: the user's image (nothing else is tagged any more)."""
     return f"dockguard/job-{job_id}:{stage}"
 
 
