@@ -178,3 +178,32 @@ def test_trivy_report_in_an_unexpected_shape_fails_the_scan(raw: bytes) -> None:
     with pytest.raises(JobFailure) as caught:
         parse_config_report(raw)
     assert caught.value.code == ErrorCode.SCANNER_FAILED
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "fragment"),
+    [
+        ("FROM busybox\nRUN a\x7f\n", "dockerfile_encoding", "line 2: the Dockerfile contains the"),
+        ("FROM busybox\nRUN a\x9b\n", "dockerfile_encoding", "control character U+009B"),
+        ("FROM busybox\nRUN a\x0c b\n", "dockerfile_encoding", "control character U+000C"),
+        ("FROM busybox\rRUN a\n", "dockerfile_invalid", "line 1: a carriage return must"),
+        ("FROM busybox\nRUN a\u2003b\n", "dockerfile_invalid", "non-ASCII whitespace (U+2003)"),
+        ("\u00a0FROM busybox\n", "dockerfile_invalid", "line 1: non-ASCII whitespace"),
+        ("FROM busybox\nRUN " + "a" * 65535 + "\n", "dockerfile_invalid", "line 2: longer than"),
+        ("FROM busybox\nRUN a \\\n", "dockerfile_invalid", "ends inside a continued instruction"),
+        ("# escape=`\n# escape=`\nFROM busybox\n", "dockerfile_invalid", "only one escape"),
+        ("FROM busybox\nRUİN a\n", "dockerfile_invalid", "unknown instruction"),
+    ],
+)  # fmt: skip
+def test_parser_refuses_what_tools_read_differently(text: str, code: str, fragment: str) -> None:
+    with pytest.raises(SubmissionError) as caught:
+        dockerfile.parse(text.encode(), 1 << 20)
+    assert caught.value.code == code
+    assert fragment in caught.value.message
+
+
+def test_parser_allows_non_ascii_space_in_strings_and_comments() -> None:
+    parsed = parse("FROM busybox\n# a comment\u00a0here\nRUN echo \"a\u00a0b\" 'c\u3000d'\n")
+    assert [i.original for i in parsed.instructions] == [
+        "FROM busybox", "RUN echo \"a\u00a0b\" 'c\u3000d'",
+    ]  # fmt: skip
