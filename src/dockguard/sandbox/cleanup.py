@@ -1,11 +1,14 @@
 """The one routine that removes what dockguard created in the engine: a job's objects when it
 ends (by its job label), and anything managed that outlived every job (the sweeper, by age).
 Containers go first (with their anonymous volumes), then networks, volumes, and images newest
-first, so that no image is still the parent of another when its turn comes. Nothing is retried:
-an object the engine will not remove now is logged, and the next pass or the sweeper gets it."""
+first, so that no image is still the parent of another when its turn comes. What the engine
+refuses as still in use (a build it is still cancelling holds its step's images for a moment) gets
+at most two more passes, a second apart; anything else it refuses is logged and left to the next
+cleanup or the sweeper. Only objects the engine lists are ever removed, never ids read elsewhere."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable
@@ -19,6 +22,8 @@ from aiodocker.volumes import DockerVolume
 log = logging.getLogger(__name__)
 
 Filters = dict[str, list[str]]
+_PASSES = 3
+_PASS_DELAY_S = 1.0
 
 
 async def remove_objects(
@@ -28,21 +33,36 @@ async def remove_objects(
     `created_before`, a Unix time, when given); returns how many were removed."""
     cutoff = time.time() + 1 if created_before is None else created_before
     removed = 0
+    for attempt in range(_PASSES):
+        if attempt:
+            await asyncio.sleep(_PASS_DELAY_S)
+        done, in_use = await _remove_pass(docker, filters, cutoff)
+        removed += done
+        if not in_use:
+            break
+    return removed
+
+
+async def _remove_pass(
+    docker: aiodocker.Docker, filters: Filters, cutoff: float
+) -> tuple[int, int]:
+    """One pass over what matches: (how many were removed, how many are still in use)."""
+    outcomes: list[str] = []
     for container in await docker.containers.list(all=True, filters=filters):
         if float(container["Created"]) < cutoff:
-            removed += await _remove(container.delete(force=True, v=True))
+            outcomes.append(await _remove(container.delete(force=True, v=True)))
     for network in await docker.networks.list(filters=filters):
         if _timestamp(network.get("Created")) < cutoff:
-            removed += await _remove(DockerNetwork(docker, network["Id"]).delete())
+            outcomes.append(await _remove(DockerNetwork(docker, network["Id"]).delete()))
     for volume in (await docker.volumes.list(filters=filters)).get("Volumes") or []:
         if _timestamp(volume.get("CreatedAt")) < cutoff:
-            removed += await _remove(DockerVolume(docker, volume["Name"]).delete())
+            outcomes.append(await _remove(DockerVolume(docker, volume["Name"]).delete()))
     images = await docker.images.list(all=True, filters=filters)
     for image in sorted(images, key=lambda image: int(image.get("Created", 0)), reverse=True):
         if float(image.get("Created", cutoff)) < cutoff:
             # Not forced: an image is removed only once nothing (no child) depends on it.
-            removed += await _remove(docker.images.delete(image["Id"], force=False))
-    return removed
+            outcomes.append(await _remove(docker.images.delete(image["Id"], force=False)))
+    return outcomes.count(_REMOVED), outcomes.count(_IN_USE)
 
 
 def _timestamp(value: str | None) -> float:
@@ -61,11 +81,17 @@ async def ignore_missing(call: Awaitable[object]) -> None:
             raise
 
 
-async def _remove(call: Awaitable[Any]) -> int:
+_REMOVED, _GONE, _IN_USE, _REFUSED = "removed", "gone", "in use", "refused"
+
+
+async def _remove(call: Awaitable[Any]) -> str:
     try:
         await call
     except aiodocker.DockerError as exc:
-        if exc.status not in (404, 409):  # gone already, or still in use (next pass)
-            log.warning("could not remove an engine object", extra={"why": str(exc)[:200]})
-        return 0
-    return 1
+        if exc.status == 404:
+            return _GONE
+        if exc.status == 409:
+            return _IN_USE
+        log.warning("could not remove an engine object", extra={"why": str(exc)[:200]})
+        return _REFUSED
+    return _REMOVED
