@@ -7,7 +7,7 @@ the parser the engine runs (Docker Engine 20.10's classic builder, which vendors
 `trimContinuationCharacter`, `possibleParserDirective`, `splitCommand`, `extractBuilderFlags`),
 with Go's notions of whitespace, not Python's (`str.strip` and `\\s` also treat U+001C to
 U+001F and other characters as space; Go's `unicode.IsSpace`, `strings.TrimSpace` and RE2's
-ASCII `\\s` do not). `tests/test_parser_differential.py` checks that the two agree on generated
+ASCII `\\s` do not). `tests/e2e/test_parser_differential.py` checks that the two agree on generated
 input, against the real engine.
 
 On top of the engine's rules, characters whose reading differs between tools are refused
@@ -17,6 +17,7 @@ end a line, and non-ASCII whitespace outside quoted strings and comments.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import re
 from dataclasses import dataclass
@@ -293,64 +294,96 @@ def _check_unquoted_spaces(line: str, escape: str, number: int) -> None:
 def _extract_builder_flags(line: str, number: int) -> tuple[str, list[str]]:
     """`extractBuilderFlags`, byte for byte as in Go (it reads bytes, not characters): the
     leading `--name[=value]` words without quotes and backslashes, then the rest of the line."""
-    data = line.encode("utf-8")
-    words: list[bytes] = []
-    word = bytearray()
-    in_word = in_quote = blank_ok = False
-    quote = 0
-    pos, end = 0, len(data)
-    while pos <= end:
-        ch = data[pos] if pos < end else 0
-        if not in_word and not in_quote:
-            if pos == end:
-                break
-            if ch in _GO_SPACE_BYTES:
-                pos += 1
-                continue
-            if ch != 0x2D or pos + 1 == end or data[pos + 1] != 0x2D:  # not `--`
-                return _text(data[pos:], number), _flags(words)
-            in_word = True
-        if pos == end:
-            if bytes(word) != b"--" and (blank_ok or word):
-                words.append(bytes(word))
-            break
-        if in_quote:
-            if ch == quote:
-                in_quote, in_word = False, True
-                pos += 1
-                continue
-            if ch == 0x5C:  # backslash
-                if pos + 1 == end:
-                    in_quote, in_word = False, True
-                    pos += 1
+    scan = _FlagScan(line.encode("utf-8"))
+    rest = scan.run()
+    return ("" if rest is None else _text(rest, number)), _flags(scan.words)
+
+
+class _Phase(enum.Enum):
+    """extractBuilderFlags' `phase` constants."""
+
+    IN_SPACES = enum.auto()  # looking for the start of a word
+    IN_WORD = enum.auto()
+    IN_QUOTE = enum.auto()
+
+
+class _FlagScan:
+    """extractBuilderFlags' loop as a state machine. `run` is Go's `for pos` loop with its
+    `pos++`; the inWord and inQuote branches are step methods, where a `return` is Go's
+    `continue`, and a backslash moves `pos` on once more, as the `pos++` in Go's branch does."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+        self.phase = _Phase.IN_SPACES
+        self.words: list[bytes] = []
+        self.word = bytearray()
+        self.quote = 0
+        self.blank_ok = False
+
+    def run(self) -> bytes | None:
+        """The rest of the line after the flags, or None when the flags take all of it."""
+        end = len(self.data)
+        while self.pos <= end:
+            ch = self.data[self.pos] if self.pos != end else 0
+            if self.phase is _Phase.IN_SPACES:
+                if self.pos == end:  # end of input
+                    return None
+                if ch in _GO_SPACE_BYTES:  # skip spaces
+                    self.pos += 1
                     continue
-                pos += 1
-                ch = data[pos]
-            word.append(ch)
-            pos += 1
-            continue
+                if not self._at_double_dash():  # only keep going if the next word starts with --
+                    return self.data[self.pos :]
+                self.phase = _Phase.IN_WORD  # found something with "--", fall through
+            if self.pos == end:
+                if self.word != b"--" and (self.blank_ok or self.word):
+                    self.words.append(bytes(self.word))
+                return None
+            if self.phase is _Phase.IN_WORD:
+                if self._word_step(ch):
+                    return self.data[self.pos :]
+            else:
+                self._quote_step(ch)
+            self.pos += 1
+        return None  # Go's final `return "", words, nil`: the loop returns at pos == end first
+
+    def _at_double_dash(self) -> bool:
+        data, pos = self.data, self.pos
+        return data[pos] == 0x2D and pos + 1 != len(data) and data[pos + 1] == 0x2D
+
+    def _word_step(self, ch: int) -> bool:
+        """Go's `phase == inWord` branch; True where the flags end: at a lone `--` word."""
         if ch in _GO_SPACE_BYTES:
-            in_word = False
-            if bytes(word) == b"--":
-                return _text(data[pos:], number), _flags(words)
-            if blank_ok or word:
-                words.append(bytes(word))
-            word, blank_ok = bytearray(), False
-            pos += 1
-            continue
+            self.phase = _Phase.IN_SPACES
+            if self.word == b"--":
+                return True
+            if self.blank_ok or self.word:
+                self.words.append(bytes(self.word))
+            self.word, self.blank_ok = bytearray(), False
+            return False
         if ch in (0x22, 0x27):  # " '
-            quote, blank_ok, in_quote, in_word = ch, True, True, False
-            pos += 1
-            continue
-        if ch == 0x5C:
-            if pos + 1 == end:
-                pos += 1
-                continue
-            pos += 1
-            ch = data[pos]
-        word.append(ch)
-        pos += 1
-    return "", _flags(words)
+            self.quote, self.blank_ok, self.phase = ch, True, _Phase.IN_QUOTE
+            return False
+        if ch == 0x5C:  # backslash
+            if self.pos + 1 == len(self.data):
+                return False  # just skip \ at end
+            self.pos += 1
+            ch = self.data[self.pos]
+        self.word.append(ch)
+        return False
+
+    def _quote_step(self, ch: int) -> None:
+        """Go's `phase == inQuote` branch."""
+        if ch == self.quote:
+            self.phase = _Phase.IN_WORD
+            return
+        if ch == 0x5C:  # backslash
+            if self.pos + 1 == len(self.data):
+                self.phase = _Phase.IN_WORD
+                return  # just skip \ at end
+            self.pos += 1
+            ch = self.data[self.pos]
+        self.word.append(ch)
 
 
 def _text(data: bytes, number: int) -> str:

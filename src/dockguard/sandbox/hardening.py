@@ -47,11 +47,6 @@ def container_config(
     no-new-privileges, no devices, private IPC and PID namespaces, memory = memory+swap, CPU,
     pids, file size, open files and core-dump limits, bounded logs, never restarted, and the
     `masked` paths empty and read-only."""
-    memory = isolation.memory_mb * _MIB
-    # A masked path the container already mounts something at (its /tmp, its /data) needs no
-    # mask, and the engine refuses two mounts at one place.
-    covered = {*isolation.tmpfs, *(str(mount.get("Target")) for mount in isolation.mounts)}
-    file_size = isolation.file_size_mb * _MIB
     config: dict[str, Any] = {
         "Image": image,
         "User": user,
@@ -61,43 +56,64 @@ def container_config(
         "AttachStdin": False,
         "OpenStdin": False,
         "Tty": False,
-        "HostConfig": {
-            "NetworkMode": isolation.network,
-            "ReadonlyRootfs": True,
-            "CapDrop": ["ALL"],
-            "SecurityOpt": ["no-new-privileges:true"],
-            "Privileged": False,
-            "Memory": memory,
-            "MemorySwap": memory,  # equal to Memory: no swap
-            "NanoCpus": int(isolation.cpus * 1e9),
-            "PidsLimit": isolation.pids,
-            "Tmpfs": dict(isolation.tmpfs),
-            "Mounts": [
-                *(dict(mount) for mount in isolation.mounts),
-                *(_masked(path) for path in isolation.masked if path not in covered),
-            ],
-            "LogConfig": {
-                "Type": "json-file",
-                "Config": {"max-size": isolation.log_max_size, "max-file": "1"},
-            },
-            "RestartPolicy": {"Name": "no"},
-            "Ulimits": [
-                {"Name": "core", "Soft": 0, "Hard": 0},
-                {"Name": "nofile", "Soft": isolation.nofile, "Hard": isolation.nofile},
-                {"Name": "fsize", "Soft": file_size, "Hard": file_size},  # no file past the cap
-            ],
-            "IpcMode": "private",
-            "PidMode": "",  # a private PID namespace
-            "Devices": [],
-            "AutoRemove": False,  # removal is cleanup's job, after anything is read back
-            **({"Runtime": isolation.runtime} if isolation.runtime else {}),
-        },
+        "HostConfig": _host_config(isolation),
     }
     if cmd is not None:
         config["Cmd"] = list(cmd)
     if entrypoint is not None:
         config["Entrypoint"] = list(entrypoint)
     return config
+
+
+def _host_config(isolation: Isolation) -> dict[str, Any]:
+    """The body's `HostConfig`, where most of the isolation is. Private: a container gets it only
+    with the rest of the body, through `container_config`."""
+    memory = isolation.memory_mb * _MIB
+    return {
+        "NetworkMode": isolation.network,
+        "ReadonlyRootfs": True,
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges:true"],
+        "Privileged": False,
+        "Memory": memory,
+        "MemorySwap": memory,  # equal to Memory: no swap
+        "NanoCpus": int(isolation.cpus * 1e9),
+        "PidsLimit": isolation.pids,
+        "Tmpfs": dict(isolation.tmpfs),
+        "Mounts": _mounts(isolation),
+        "LogConfig": {
+            "Type": "json-file",
+            "Config": {"max-size": isolation.log_max_size, "max-file": "1"},
+        },
+        "RestartPolicy": {"Name": "no"},
+        "Ulimits": _ulimits(isolation),
+        "IpcMode": "private",
+        "PidMode": "",  # a private PID namespace
+        "Devices": [],
+        "AutoRemove": False,  # removal is cleanup's job, after anything is read back
+        **({"Runtime": isolation.runtime} if isolation.runtime else {}),
+    }
+
+
+def _mounts(isolation: Isolation) -> list[dict[str, object]]:
+    """The container's own mounts, then an empty read-only tmpfs on each `masked` path."""
+    # A masked path the container already mounts something at (its /tmp, its /data) needs no
+    # mask, and the engine refuses two mounts at one place.
+    covered = {*isolation.tmpfs, *(str(mount.get("Target")) for mount in isolation.mounts)}
+    return [
+        *(dict(mount) for mount in isolation.mounts),
+        *(_masked(path) for path in isolation.masked if path not in covered),
+    ]
+
+
+def _ulimits(isolation: Isolation) -> list[dict[str, object]]:
+    """No core dumps, bounded open files, and no file written past the size cap."""
+    file_size = isolation.file_size_mb * _MIB
+    return [
+        {"Name": "core", "Soft": 0, "Hard": 0},
+        {"Name": "nofile", "Soft": isolation.nofile, "Hard": isolation.nofile},
+        {"Name": "fsize", "Soft": file_size, "Hard": file_size},
+    ]
 
 
 def _masked(path: str) -> dict[str, object]:
