@@ -1,7 +1,30 @@
 #!/usr/bin/env bash
-# Set up what is missing, then run the whole test suite against a real Redis (started by the
-# tests) and the real Docker Engine. Arguments go to pytest (e.g. -k happy, -x).
-source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-# Tests only: a registry on loopback (Debian's docker-registry), for the allowed-pull test.
-command -v docker-registry >/dev/null 2>&1 || apt_install docker-registry
+# Set up what is missing, then run the tests. Arguments go to pytest (e.g. -k happy, -x); paths
+# are relative to the repository. With no path, both tiers run: tests/unit (pure logic), then
+# tests/e2e (a real Redis started by the tests, and the real Docker Engine).
+# When every path given lies under tests/unit (`bash scripts/test.sh tests/unit`), only the Python
+# environment is set up: no engine, no Redis, no images.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+unit_tier="$(pwd -P)/tests/unit/"
+unit_only=""
+for arg in "$@"; do
+  path=${arg%%::*}  # tests/unit/test_x.py::test_y names a test in that file
+  # Options, and option values that are not paths (`-k happy`), say nothing about the tier.
+  if [[ $arg == -* || ! -e $path ]]; then continue; fi
+  case "$(realpath -- "$path")/" in
+    "$unit_tier"*) unit_only=${unit_only:-yes} ;;
+    *) unit_only=no ;;  # any other path (tests/e2e, tests, a file elsewhere): the full set-up
+  esac
+done
+
+if [ "$unit_only" = yes ]; then
+  setup_only=python  # read by setup.sh
+fi
+source scripts/setup.sh
+if [ "$unit_only" != yes ]; then
+  # A registry on loopback (Debian's docker-registry), for the allowed-pull test.
+  command -v docker-registry >/dev/null 2>&1 || apt_install docker-registry
+fi
 exec .venv/bin/pytest "$@"

@@ -108,14 +108,13 @@ def _with_scanner(settings: Settings, action: str) -> None:
     """Run one scanner action with a Docker client and (for the scan cache) no Redis needed."""
     from dockguard.errors import JobFailure
     from dockguard.sandbox import connect
-    from dockguard.scanning import Scanner
-    from dockguard.services import trivy_backend
+    from dockguard.services import trivy_scanner
     from dockguard.store.scan_cache import ScanCache
 
     async def main() -> None:
         docker = connect(settings.docker_url, settings.docker_timeout_s)
         try:
-            scanner = Scanner(trivy_backend(settings, docker), settings, docker, _NoCache())
+            scanner = trivy_scanner(settings, docker, _NoCache())
             if action == "update-db":
                 db = await scanner.update_db()
                 typer.echo(f"vulnerability DB updated: {db.model_dump_json()}")

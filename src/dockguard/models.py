@@ -1,14 +1,16 @@
-"""The pydantic models on the wire (HTTP) and in Redis. Inside the worker, plain dataclasses."""
+"""The pydantic models on the wire (HTTP) and in Redis, and the limits a job runs under (frozen:
+built once from the settings, applied by the sandbox and recorded on the job as they are)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dockguard.settings import Severity
+from dockguard.settings import Settings, Severity
 
 
 def utcnow() -> datetime:
@@ -116,29 +118,102 @@ class BuildInfo(BaseModel):
     limits: BuildLimits | None = None
 
 
-class RunLimits(BaseModel):
-    memory_mb: int
-    cpus: float
-    pids: int
-    timeout_s: float
-    network: str = "none"
-    user: str
-    tmpfs_mb: int | None = None
-    file_size_mb: int | None = None
-    nofile: int | None = None
-    data_mb: int | None = Field(None, description="The most the run can write to /data, in all.")
-    runtime: str | None = Field(None, description="OCI runtime; null: the engine's default.")
-
-
 class BuildLimits(BaseModel):
+    """The build's sandbox (`POST /build` parameters), recorded on the job as it was applied."""
+
+    model_config = ConfigDict(frozen=True)
+
     memory_mb: int
     cpus: float
     pids: int = Field(description="Process limit of the build's containers; 0: none.")
     timeout_s: float
-    network: str
+    network: Literal["egress", "none", "bridge"]
     nocache: bool
     file_size_mb: int
-    nofile: int | None = None
+    nofile: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> BuildLimits:
+        return cls(
+            memory_mb=s.build_memory_mb,
+            cpus=s.build_cpus,
+            pids=s.build_pids,
+            timeout_s=s.build_timeout_s,
+            network=s.build_network,
+            nocache=s.build_nocache,
+            file_size_mb=s.build_file_size_mb,
+            nofile=s.build_nofile,
+        )
+
+
+class RunLimits(BaseModel):
+    """The run container's sandbox, recorded on the job as it was applied (with the user the
+    image resolved to, once known)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    memory_mb: int
+    cpus: float
+    pids: int
+    timeout_s: float
+    network: Literal["none"] = "none"
+    user: str | None = Field(None, description="uid:gid the run ran as; null until resolved.")
+    tmpfs_mb: int
+    file_size_mb: int
+    nofile: int
+    data_mb: int = Field(description="The most the run can write to /data, in all.")
+    runtime: str | None = Field(None, description="OCI runtime; null: the engine's default.")
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> RunLimits:
+        return cls(
+            memory_mb=s.run_memory_mb,
+            cpus=s.run_cpus,
+            pids=s.run_pids,
+            timeout_s=s.run_timeout_s,
+            tmpfs_mb=s.run_tmpfs_mb,
+            file_size_mb=s.run_file_size_mb,
+            nofile=s.run_nofile,
+            data_mb=s.run_data_mb,
+            runtime=s.runtime,
+        )
+
+
+class ScannerLimits(BaseModel):
+    """Trivy's sandbox: its timeout (both backends) and, for the container backend, the
+    container's limits."""
+
+    model_config = ConfigDict(frozen=True)
+
+    timeout_s: float
+    memory_mb: int
+    pids: int = 256
+    # A DB download writes trivy.db (about 1 GB, and growing) and the Java DB in one go.
+    file_size_mb: int = 16 * 1024
+    nofile: int = 4096
+    tmpfs_mb: int = Field(512, description="Scratch space at /tmp (Trivy unpacks layers there).")
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ScannerLimits:
+        return cls(timeout_s=s.scanner_timeout_s, memory_mb=s.scanner_memory_mb)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every set of limits a job runs under, built from the settings here and nowhere else.
+    (Per-job limits, when they come, are built here too.)"""
+
+    build: BuildLimits
+    run: RunLimits
+    scanner: ScannerLimits
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            build=BuildLimits.from_settings(settings),
+            run=RunLimits.from_settings(settings),
+            scanner=ScannerLimits.from_settings(settings),
+        )
 
 
 class RunInfo(BaseModel):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiodocker
@@ -13,12 +14,14 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import Redis
 
-from dockguard.sandbox import Sandbox, connect
+from dockguard.models import ScannerLimits
+from dockguard.ports import DockerfileStore, JobStore, Sandbox, Scanner
+from dockguard.sandbox import EngineSandbox, connect
 from dockguard.sandbox.egress import Egress, host_allowlist, parse_allowlist
-from dockguard.scanning import ContainerTrivy, LocalTrivy, Scanner, TrivyBackend, find_trivy
+from dockguard.scanning import ContainerTrivy, LocalTrivy, TrivyBackend, TrivyScanner, find_trivy
 from dockguard.settings import Settings
-from dockguard.store import JobStore
-from dockguard.store.dockerfiles import DockerfileStore, cipher
+from dockguard.store import RedisDockerfileStore, RedisJobStore
+from dockguard.store.dockerfiles import cipher
 from dockguard.store.keys import QUEUE_NAME
 from dockguard.store.scan_cache import ScanCache
 
@@ -42,40 +45,19 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
-def job_timeout_s(settings: Settings) -> float:
-    """The longest a job may take: DOCKGUARD_JOB_TIMEOUT_S, or by default longer than all of its
-    steps' own timeouts together, so that a step's timeout fires first (two scans, the build,
-    the run, and slack)."""
-    s = settings
-    if s.job_timeout_s:
-        return s.job_timeout_s
-    return 3 * s.scanner_timeout_s + 2 * s.build_timeout_s + s.run_timeout_s + 300
-
-
-ARQ_MARGIN_S = 60  # arq's own job timeout: a backstop behind the pipeline's
-
-
-RUNNING_MARGIN_S = 120  # past the job timeout: arq's own timeout and our cleanup come first
-
-
-def running_deadline_s(settings: Settings) -> float:
-    """How long after a worker takes a job it must have ended, or the sweeper fails it."""
-    return job_timeout_s(settings) + RUNNING_MARGIN_S
-
-
-def queued_deadline_s(settings: Settings) -> float:
-    """How long after its submission a job must have ended: it waits at most the queue timeout."""
-    return settings.queue_timeout_s + running_deadline_s(settings)
-
-
-def trivy_backend(settings: Settings, docker: aiodocker.Docker) -> TrivyBackend:
+def trivy_backend(
+    settings: Settings, docker: aiodocker.Docker, limits: ScannerLimits
+) -> TrivyBackend:
     if settings.scanner_backend == "local":
         return LocalTrivy(find_trivy(settings.trivy_binary), settings.scanner_cache_dir)
     if settings.trivy_image is None:
         raise ValueError("DOCKGUARD_SCANNER_BACKEND=container needs DOCKGUARD_TRIVY_IMAGE")
-    return ContainerTrivy(
-        docker, settings.trivy_image, settings.scanner_cache_dir, settings.scanner_memory_mb
-    )
+    return ContainerTrivy(docker, settings.trivy_image, settings.scanner_cache_dir, limits)
+
+
+def trivy_scanner(settings: Settings, docker: aiodocker.Docker, cache: ScanCache) -> TrivyScanner:
+    limits = ScannerLimits.from_settings(settings)
+    return TrivyScanner(trivy_backend(settings, docker, limits), settings, docker, cache, limits)
 
 
 async def build_egress(settings: Settings, docker: aiodocker.Docker) -> Egress | None:
@@ -114,13 +96,16 @@ async def open_dockerfile_redis(url: str) -> Redis:
 
 @dataclass
 class Services:
+    """The one composition root. The pipeline, the API and the sweeper reach the world only
+    through these fields (Protocols: see ports.py), so the unit tests can hand in fakes."""
+
     settings: Settings
     redis: ArqRedis
     store: JobStore
     dockerfiles: DockerfileStore
     scanner: Scanner
     sandbox: Sandbox
-    dockerfile_redis: Redis | None = None  # set when Dockerfiles have a Redis of their own
+    closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -132,36 +117,36 @@ class Services:
             job_deserializer=deserialize,
             default_queue_name=QUEUE_NAME,
         )
-        dockerfile_redis: Redis | None = None
+        closers: list[Callable[[], Awaitable[object]]] = [redis.aclose]
+        dockerfile_redis: Redis = redis
         if settings.dockerfile_redis_url is not None:
             dockerfile_redis = await open_dockerfile_redis(settings.dockerfile_redis_url)
-        dockerfiles = DockerfileStore(
-            redis if dockerfile_redis is None else dockerfile_redis,
+            closers.append(dockerfile_redis.aclose)
+        dockerfiles = RedisDockerfileStore(
+            dockerfile_redis,
             settings.job_ttl_s,
-            keep_s=settings.keep_dockerfile_s,
             fernet=cipher(settings.encryption_key),
+            keep_s=settings.keep_dockerfile_s,
         )
         docker = connect(settings.docker_url, settings.docker_timeout_s)
-        scanner = Scanner(
-            trivy_backend(settings, docker),
-            settings,
+        closers.insert(0, docker.close)
+        sandbox = EngineSandbox(
             docker,
-            ScanCache(redis, settings.scan_cache_ttl_s),
+            log_tail_lines=settings.log_tail_lines,
+            data_holder_image=settings.run_data_holder_image,
+            pull_allow=tuple(settings.build_pull_allow),
+            egress=await build_egress(settings, docker),
         )
         return cls(
             settings=settings,
             redis=redis,
-            store=JobStore(redis, settings.job_ttl_s, dockerfiles),
+            store=RedisJobStore(redis, settings.job_ttl_s, dockerfiles),
             dockerfiles=dockerfiles,
-            scanner=scanner,
-            sandbox=Sandbox(
-                docker, settings.log_tail_lines, egress=await build_egress(settings, docker)
-            ),
-            dockerfile_redis=dockerfile_redis,
+            scanner=trivy_scanner(settings, docker, ScanCache(redis, settings.scan_cache_ttl_s)),
+            sandbox=sandbox,
+            closers=closers,
         )
 
     async def close(self) -> None:
-        await self.sandbox.docker.close()
-        await self.redis.aclose()
-        if self.dockerfile_redis is not None:
-            await self.dockerfile_redis.aclose()
+        for close in self.closers:
+            await close()

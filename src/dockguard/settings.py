@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     build_cpus: float = Field(1.0, gt=0)
     build_pids: int = Field(1024, ge=0)
     build_file_size_mb: int = Field(4096, ge=1)
+    build_nofile: int = Field(1024, ge=16)
     build_nocache: bool = True
     build_pull_allow: CommaList = []  # images the engine may pull; empty: only local ones
 

@@ -21,9 +21,10 @@ from dockguard.errors import (
     ServiceUnavailable,
     SubmissionError,
 )
+from dockguard.jobs.pipeline import queued_deadline_s
 from dockguard.jobs.worker import TASK
 from dockguard.models import Job, ScannerStatus, SubmitRequest
-from dockguard.services import Services, queued_deadline_s
+from dockguard.services import Services
 
 from .problems import problem_response, problem_responses
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
 
-from dockguard import base_images, models
+from dockguard import base_images
 from dockguard.dockerfile import parse as parse_dockerfile
 from dockguard.errors import ErrorCode, JobFailure, SubmissionError
 from dockguard.logs import job_id_var
@@ -22,18 +21,54 @@ from dockguard.models import (
     Job,
     JobResult,
     JobStatus,
+    Limits,
     RunInfo,
-    RunLimits,
     ScanReport,
 )
-from dockguard.sandbox import BuildLimits, Prepared, outcome_failure, parse_result
-from dockguard.sandbox import RunLimits as SandboxRunLimits
-from dockguard.sandbox.bases import check_bases
-from dockguard.sandbox.build import BuildFailure
-from dockguard.services import Services, job_timeout_s, running_deadline_s
+from dockguard.sandbox import BuildFailure, Prepared, outcome_failure, parse_result
+from dockguard.services import Services
+from dockguard.settings import Settings
 from dockguard.store import StaleUpdate
 
 log = logging.getLogger(__name__)
+
+# What the steps' own timeouts leave out: preparing the image, reading the result, cleanup and
+# the Redis writes, each bounded by a short timeout of its own.
+STEP_SLACK_S = 300
+ARQ_MARGIN_S = 60  # arq's own job timeout, past ours: a backstop behind the pipeline's
+RUNNING_MARGIN_S = 120  # the reaper's, past the job timeout: arq's timeout and cleanup first
+
+
+def step_timeouts_s(limits: Limits) -> dict[str, float]:
+    """The longest each step of `_Pipeline.steps` that has a timeout of its own may take."""
+    scan_s, build_s = limits.scanner.timeout_s, limits.build.timeout_s
+    return {
+        "dockerfile scan": scan_s,
+        "base image pulls": build_s,
+        "build": build_s,
+        "image export": scan_s,
+        "image scan": scan_s,
+        "run": limits.run.timeout_s,
+    }
+
+
+def job_timeout_s(settings: Settings, limits: Limits | None = None) -> float:
+    """The longest a job may take: DOCKGUARD_JOB_TIMEOUT_S, or by default longer than all of its
+    steps' timeouts together, so that a step's own timeout fires first."""
+    if settings.job_timeout_s:
+        return settings.job_timeout_s
+    limits = limits or Limits.from_settings(settings)
+    return sum(step_timeouts_s(limits).values()) + STEP_SLACK_S
+
+
+def running_deadline_s(settings: Settings) -> float:
+    """How long after a worker takes a job it must have ended, or the reaper fails it."""
+    return job_timeout_s(settings) + RUNNING_MARGIN_S
+
+
+def queued_deadline_s(settings: Settings) -> float:
+    """How long after its submission a job must have ended: it waits at most the queue timeout."""
+    return settings.queue_timeout_s + running_deadline_s(settings)
 
 
 def _internal() -> JobFailure:
@@ -60,7 +95,7 @@ async def _run(services: Services, job_id: str) -> str:
     pipeline = _Pipeline(services, job_id)
     result: JobResult | None = None
     failure: JobFailure | None = None
-    timeout_s = job_timeout_s(services.settings)
+    timeout_s = job_timeout_s(services.settings, pipeline.limits)
     budget = asyncio.timeout(timeout_s)  # arq's own timeout is only a backstop behind it
     try:
         async with budget:
@@ -70,7 +105,8 @@ async def _run(services: Services, job_id: str) -> str:
         failure = exc
     except StaleUpdate:
         log.info("job ended elsewhere; stopping")
-        return JobStatus.CANCELLED.value
+        ended = await services.store.get(job_id)
+        return "expired" if ended is None else ended.status.value
     except TimeoutError:
         if not budget.expired():  # not the job's timeout: a call that had none of its own
             log.exception("job failed on an internal error")
@@ -116,6 +152,7 @@ class _Pipeline:
         self.services = services
         self.settings = services.settings
         self.job_id = job_id
+        self.limits = Limits.from_settings(services.settings)
 
     async def update(self, change: Callable[[Job], None]) -> None:
         if await self.services.store.update(self.job_id, change) is None:
@@ -136,6 +173,8 @@ class _Pipeline:
             await self.update(change)
         except StaleUpdate:
             log.info("job ended elsewhere before it could be marked %s", status.value)
+            ended = await self.services.store.get(self.job_id)
+            return status if ended is None else ended.status
         except (ValueError, TypeError) as exc:  # the result cannot be serialised as stored JSON
             log.warning("result could not be stored", extra={"why": str(exc)[:300]})
             invalid = JobFailure(ErrorCode.RESULT_INVALID, "/data/perf.json cannot be stored")
@@ -179,13 +218,11 @@ class _Pipeline:
     async def build(self, dockerfile: str) -> Prepared:
         await self.update(lambda job: _advance(job, JobStatus.BUILDING))
         await self.check_bases(dockerfile)
-        limits = BuildLimits.from_settings(self.settings)
+        limits = self.limits.build
         try:
             outcome = await self.services.sandbox.build(self.job_id, dockerfile, limits)
         except BuildFailure as failure:
-            failed = BuildInfo(
-                log_tail=failure.log_tail, limits=models.BuildLimits(**asdict(limits))
-            )
+            failed = BuildInfo(log_tail=failure.log_tail, limits=limits)
             await self.update(lambda job: setattr(job, "build", failed))
             raise
 
@@ -194,41 +231,33 @@ class _Pipeline:
                 image_id=outcome.image_id,
                 duration_s=outcome.duration_s,
                 log_tail=outcome.log_tail,
-                limits=models.BuildLimits(**asdict(limits)),
+                limits=limits,
             )
 
         await self.update(record)
         await self.scan_image(outcome.image_id)
         try:
-            return await self.services.sandbox.prepare(self.job_id, outcome.image_id, limits)
+            return await self.services.sandbox.prepare(self.job_id, outcome.image_id)
         except BuildFailure as failure:
             tail = outcome.log_tail + failure.log_tail
             await self.update(lambda job: setattr(job.build, "log_tail", tail))
             raise
 
     async def check_bases(self, dockerfile: str) -> None:
-        """Every image the build starts from is on the engine (or allowed and pulled by us),
-        and none has ONBUILD triggers: the engine itself must never pull on the build's behalf."""
+        """The images the build starts from, read from the Dockerfile, checked in the engine."""
         try:
             parsed = parse_dockerfile(dockerfile.encode("utf-8"), max_bytes=1 << 30)
             bases = base_images.resolve(parsed)
         except SubmissionError as exc:  # accepted under an older policy: refused now
             raise JobFailure(exc.code, exc.message, rejected=True) from exc
-        await check_bases(
-            self.services.sandbox.docker,
-            bases,
-            pull_allow=tuple(self.settings.build_pull_allow),
-            pull_timeout_s=self.settings.build_timeout_s,
-        )
+        await self.services.sandbox.check_bases(bases, pull_timeout_s=self.limits.build.timeout_s)
 
     async def run(self, prepared: Prepared) -> JobResult:
-        settings = self.settings
-        limits = SandboxRunLimits.from_settings(settings)
-        recorded_limits = RunLimits(**asdict(limits), user=prepared.user)
+        limits = self.limits.run.model_copy(update={"user": prepared.user})
 
         def start(job: Job) -> None:
             _advance(job, JobStatus.RUNNING)
-            job.run = RunInfo(limits=recorded_limits)
+            job.run = RunInfo(limits=limits)
 
         await self.update(start)
         sandbox = self.services.sandbox
@@ -241,13 +270,13 @@ class _Pipeline:
                 oom_killed=outcome.oom_killed,
                 timed_out=outcome.timed_out,
                 log_tail=outcome.log_tail,
-                limits=recorded_limits,
+                limits=limits,
             )
 
         await self.update(record)
         if failure := outcome_failure(outcome, limits.timeout_s, limits.memory_mb):
             raise failure
-        raw = await sandbox.fetch_result(outcome.container_id, settings.result_max_bytes)
+        raw = await sandbox.fetch_result(outcome.container_id, self.settings.result_max_bytes)
         return parse_result(raw)
 
 

@@ -14,42 +14,23 @@ import logging
 import time
 from typing import Any
 
-import aiodocker
 from arq.cron import CronJob, cron
 
-from dockguard.jobs.pipeline import fail_lost
-from dockguard.sandbox import egress, names
-from dockguard.sandbox.cleanup import remove_objects
-from dockguard.sandbox.egress import EgressUnavailable
-from dockguard.services import Services, job_timeout_s
+from dockguard.jobs.pipeline import fail_lost, job_timeout_s
+from dockguard.services import Services
 
 log = logging.getLogger(__name__)
 
-_MANAGED = {"label": [f"{names.MANAGED_LABEL}=true"]}
+# Past the longest a job may take: its cleanup has had time to run.
 _MARGIN_S = 600
+_SWEEP_TIMEOUT_S = 300
+_REAP_TIMEOUT_S = 120
 
 
-async def sweep(docker: aiodocker.Docker, older_than_s: float, *, job_id: str | None = None) -> int:
-    """Remove managed objects (of one job, if given) created more than `older_than_s` ago;
-    returns how many."""
-    filters = names.label_filter(job_id) if job_id else _MANAGED
-    removed = await remove_objects(docker, filters, created_before=time.time() - older_than_s)
-    if removed:
-        log.warning("swept leftovers of interrupted jobs", extra={"removed": removed})
-    return removed
-
-
-async def _cron_task(ctx: dict[str, Any]) -> int:
+async def _sweep_task(ctx: dict[str, Any]) -> int:
     services: Services = ctx["services"]
-    older_than_s = job_timeout_s(services.settings) + _MARGIN_S
-    async with asyncio.timeout(300):
-        removed = await sweep(services.sandbox.docker, older_than_s)
-        if services.sandbox.egress is not None:  # rules whose job network is gone
-            try:
-                await egress.prune_firewall(services.sandbox.docker)
-            except EgressUnavailable as exc:
-                log.warning("could not prune build firewall rules", extra={"why": str(exc)})
-        return removed
+    async with asyncio.timeout(_SWEEP_TIMEOUT_S):
+        return await services.sandbox.sweep(job_timeout_s(services.settings) + _MARGIN_S)
 
 
 async def reap(services: Services, *, now: float | None = None) -> int:
@@ -69,16 +50,22 @@ async def reap(services: Services, *, now: float | None = None) -> int:
 
 
 async def _reap_task(ctx: dict[str, Any]) -> int:
-    async with asyncio.timeout(120):
+    async with asyncio.timeout(_REAP_TIMEOUT_S):
         return await reap(ctx["services"])
 
 
 def reap_cron() -> CronJob:
     """Every 30 s, and at start: cheap (one sorted-set range read when nothing is late)."""
-    return cron(_reap_task, name="reap", second={0, 30}, run_at_startup=True, timeout=150)
+    return cron(
+        _reap_task, name="reap", second={0, 30}, run_at_startup=True, timeout=_REAP_TIMEOUT_S + 30
+    )
 
 
 def sweep_cron() -> CronJob:
     return cron(
-        _cron_task, name="sweep", minute=set(range(0, 60, 10)), run_at_startup=True, timeout=600
+        _sweep_task,
+        name="sweep",
+        minute=set(range(0, 60, 10)),
+        run_at_startup=True,
+        timeout=_SWEEP_TIMEOUT_S + 30,
     )

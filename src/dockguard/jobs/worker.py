@@ -8,12 +8,19 @@ from typing import Any
 from arq import Worker, func
 
 from dockguard.jobs.dbrefresh import refresh_cron
-from dockguard.jobs.pipeline import run_job
+from dockguard.jobs.pipeline import ARQ_MARGIN_S, job_timeout_s, run_job
 from dockguard.jobs.sweeper import reap_cron, sweep_cron
-from dockguard.services import ARQ_MARGIN_S, Services, deserialize, job_timeout_s, serialize
+from dockguard.services import Services, deserialize, serialize
 from dockguard.store.keys import QUEUE_NAME
 
 TASK = "run_job"
+# A job whose worker stopped mid-way is taken again (the pipeline is safe to run twice), at most
+# this many times in all; then arq gives up and the reaper fails it (`worker_lost`).
+MAX_TRIES = 3
+# arq's own record of a finished task; dockguard's verdict lives in the job record, not here.
+KEEP_RESULT_S = 60
+# How often an idle worker looks at the queue: the delay before a new job is picked up.
+POLL_DELAY_S = 0.1
 
 
 async def _task(ctx: dict[str, Any], job_id: str) -> str:
@@ -27,14 +34,14 @@ def _arq_timeout_s(services: Services) -> float:
 
 def create_worker(services: Services, *, handle_signals: bool) -> Worker:
     return Worker(
-        functions=[func(_task, name=TASK, max_tries=3, timeout=_arq_timeout_s(services))],
+        functions=[func(_task, name=TASK, max_tries=MAX_TRIES, timeout=_arq_timeout_s(services))],
         cron_jobs=[*refresh_cron(services), sweep_cron(), reap_cron()],
         redis_pool=services.redis,
         queue_name=QUEUE_NAME,
         ctx={"services": services},
         max_jobs=services.settings.worker_concurrency,
-        keep_result=60,
-        poll_delay=0.1,
+        keep_result=KEEP_RESULT_S,
+        poll_delay=POLL_DELAY_S,
         handle_signals=handle_signals,
         allow_abort_jobs=True,
         job_serializer=serialize,

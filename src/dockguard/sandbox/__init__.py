@@ -1,13 +1,14 @@
-from dockguard.sandbox.build import BuildLimits
-from dockguard.sandbox.engine import Prepared, Sandbox, connect
+from dockguard.sandbox.build import BuildFailure, BuildOutcome
+from dockguard.sandbox.engine import EngineSandbox, Prepared, connect
 from dockguard.sandbox.result import parse_result
-from dockguard.sandbox.run import RunLimits, outcome_failure
+from dockguard.sandbox.run import RunOutcome, outcome_failure
 
 __all__ = [
-    "BuildLimits",
+    "BuildFailure",
+    "BuildOutcome",
+    "EngineSandbox",
     "Prepared",
-    "RunLimits",
-    "Sandbox",
+    "RunOutcome",
     "connect",
     "outcome_failure",
     "parse_result",

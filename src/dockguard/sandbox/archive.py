@@ -2,7 +2,8 @@
 filesystem as hostile: the file's kind and size are checked before any byte is read, the tar is
 streamed with a byte cap (never an unbounded archive in memory), and it must hold exactly one
 regular file. `image_reader` gives a container of an image that is created and never started, to
-read the image's own files (and `stat` their kind) before anything of it runs."""
+read the image's own files (and `stat` their kind) before anything of it runs. Beside them, the
+two bulk transfers the scanner needs: `put_archive` (its inputs) and `save_image` (the image)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import logging
 import tarfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 _READER_USER = "65534:65534"  # never started, but nobody all the same
 _TAR_OVERHEAD = 16 * 1024
+_SAVE_CHUNK = 1024 * 1024
 _FILE_TYPE_BITS = {
     1 << 31: "a directory",
     1 << 27: "a symbolic link",
@@ -198,3 +201,31 @@ def _single_regular_file(path: str, archive: bytes, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise FileTooLarge(f"{path} is larger than {max_bytes} bytes")
     return data
+
+
+async def put_archive(
+    docker: aiodocker.Docker, container_id: str, path: str, tar: AsyncIterator[bytes]
+) -> None:
+    """Unpack `tar`, streamed, at `path` in a container that has not started."""
+    async with http.stream(
+        docker,
+        f"containers/{container_id}/archive",
+        "PUT",
+        params={"path": path},
+        data=tar,
+        headers={"Content-Type": "application/x-tar"},
+    ):
+        pass
+
+
+async def save_image(docker: aiodocker.Docker, image_id: str, target: Path, max_bytes: int) -> None:
+    """`docker save` of the image into the file `target`, streamed; FileTooLarge past
+    `max_bytes`. The caller bounds the time (an image can be gigabytes)."""
+    size = 0
+    async with http.stream(docker, f"images/{image_id}/get", "GET", params={}) as response:
+        with target.open("wb") as out:
+            async for chunk in response.content.iter_chunked(_SAVE_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise FileTooLarge(f"the image is larger than {max_bytes >> 20} MiB")
+                await asyncio.to_thread(out.write, chunk)

@@ -10,15 +10,17 @@ import re
 import tarfile
 import time
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiodocker
 
 from dockguard.dockerfile import parse as parse_dockerfile
 from dockguard.errors import ErrorCode, JobFailure
-from dockguard.sandbox import egress, http, names
-from dockguard.sandbox.cgroups import BuildCgroup, CgroupUnavailable
-from dockguard.settings import Settings
+from dockguard.models import BuildLimits
+from dockguard.sandbox import cgroups, egress, http, names
+from dockguard.sandbox.cgroups import CgroupUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,31 +32,6 @@ _MISSING_BASE = re.compile(
 _INFRASTRUCTURE = re.compile(r"://|\b\d{1,3}(?:\.\d{1,3}){3}\b|dial tcp|lookup ")
 _LINE_CAP = 1000
 _STREAM_LINE_LIMIT = 1 << 20
-
-
-@dataclass(frozen=True)
-class BuildLimits:
-    timeout_s: float
-    memory_mb: int
-    network: str  # egress, none or bridge (see egress.py)
-    nocache: bool
-    cpus: float = 1.0
-    pids: int = 1024  # 0: no limit (see cgroups.py)
-    file_size_mb: int = 4096
-    nofile: int = 1024
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> BuildLimits:
-        return cls(
-            timeout_s=s.build_timeout_s,
-            memory_mb=s.build_memory_mb,
-            network=s.build_network,
-            nocache=s.build_nocache,
-            cpus=s.build_cpus,
-            pids=s.build_pids,
-            file_size_mb=s.build_file_size_mb,
-            nofile=s.run_nofile,
-        )
 
 
 class BuildFailure(JobFailure):
@@ -90,8 +67,13 @@ class _Progress:
         if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
             self.image_id = aux["ID"]
         if message.get("error"):
-            self.error = str(message["error"])
-            self.tail.append(f"error: {_client_safe_error(self.error, self.step)}")
+            self.fail(str(message["error"]))
+
+    def fail(self, error: str) -> None:
+        """The build failed with the engine's `error` (kept for the logs; the tail gets it only
+        when it reveals nothing of the engine's host)."""
+        self.error = error
+        self.tail.append(f"error: {_client_safe_error(error, self.step)}")
 
     def _line(self, line: str) -> None:
         if not line.strip():
@@ -118,15 +100,13 @@ class Builder:
         progress = _Progress(tail=deque(maxlen=max(self._log_tail_lines, 1)))
         params = build_params(job_id, tag, limits)
         body = _context_tar(labelled(dockerfile, job_id), context)
-        cgroup = BuildCgroup(f"{job_id}-{tag.rpartition(':')[2]}", limits.pids)
+        cgroup_name = f"{job_id}-{tag.rpartition(':')[2]}"
         try:
-            async with asyncio.timeout(limits.timeout_s):
-                if limits.pids:
-                    if not str(self._docker.docker_host).startswith("unix://"):
-                        # The parent cgroup must exist on the engine's host, not this one.
-                        raise CgroupUnavailable("the engine is not on this worker's host")
-                    params["cgroupparent"] = await asyncio.to_thread(cgroup.create)
-                await self._stream(params, body, progress)
+            async with (
+                asyncio.timeout(limits.timeout_s),
+                self._process_limit(cgroup_name, limits.pids) as cgroup_params,
+            ):
+                await self._stream(params | cgroup_params, body, progress)
         except TimeoutError as exc:
             # Leaving the request closes the connection, which makes the engine cancel the build.
             raise BuildFailure(
@@ -134,26 +114,9 @@ class Builder:
                 f"the build did not finish within {limits.timeout_s:g} s",
                 self._tail(progress),
             ) from exc
-        except CgroupUnavailable as exc:
-            log.error("build pids limit unavailable", extra={"why": str(exc)})
-            raise BuildFailure(
-                ErrorCode.INTERNAL_ERROR,
-                "this worker cannot apply the build's process limit (see its logs; "
-                "DOCKGUARD_BUILD_PIDS=0 builds without one)",
-                [],
-            ) from exc
-        except aiodocker.DockerError as exc:
-            log.info("build failed", extra={"engine_error": exc.message[:2000]})
-            progress.tail.append(f"error: {_client_safe_error(exc.message, progress.step)}")
-            raise BuildFailure(
-                ErrorCode.BUILD_FAILED,
-                _build_error_message(exc.message, progress.step),
-                self._tail(progress),
-            ) from exc
-        finally:
-            if limits.pids:
-                await asyncio.shield(asyncio.to_thread(cgroup.remove))
-        if progress.error or not progress.image_id:
+        except aiodocker.DockerError as exc:  # the engine refused the build outright
+            progress.fail(exc.message)
+        if progress.error is not None or not progress.image_id:
             log.info("build failed", extra={"engine_error": (progress.error or "")[:2000]})
             raise BuildFailure(
                 ErrorCode.BUILD_FAILED,
@@ -165,6 +128,28 @@ class Builder:
             duration_s=round(time.monotonic() - started, 3),
             log_tail=self._tail(progress),
         )
+
+    @asynccontextmanager
+    async def _process_limit(self, name: str, pids: int) -> AsyncIterator[dict[str, str]]:
+        """The build's `cgroupparent` parameter: a parent cgroup limiting its processes to
+        `pids` for the time of the block (cgroups.py); none when `pids` is 0."""
+        if not pids:
+            yield {}
+            return
+        try:
+            if not str(self._docker.docker_host).startswith("unix://"):
+                # The parent cgroup must exist on the engine's host, not this one.
+                raise CgroupUnavailable("the engine is not on this worker's host")
+            async with cgroups.pids_limited(name, pids) as parent:
+                yield {"cgroupparent": parent}
+        except CgroupUnavailable as exc:
+            log.error("build pids limit unavailable", extra={"why": str(exc)})
+            raise BuildFailure(
+                ErrorCode.INTERNAL_ERROR,
+                "this worker cannot apply the build's process limit (see its logs; "
+                "DOCKGUARD_BUILD_PIDS=0 builds without one)",
+                [],
+            ) from exc
 
     def _tail(self, progress: _Progress) -> list[str]:
         return list(progress.tail)[-self._log_tail_lines :] if self._log_tail_lines else []
@@ -216,7 +201,8 @@ def build_params(job_id: str, tag: str, limits: BuildLimits) -> dict[str, str]:
     poisoning) another's layers; `forcerm` removes the containers of failed steps."""
     memory = str(limits.memory_mb * 1024 * 1024)
     period = 100_000
-    network, proxy_args = limits.network, {}
+    network: str = limits.network
+    proxy_args = {}
     if limits.network == "egress":  # the job's own network (set up by egress.Egress)
         network = egress.network_name(job_id)
         proxy_args = {"buildargs": json.dumps(egress.proxy_build_args())}

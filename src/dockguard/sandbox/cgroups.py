@@ -9,9 +9,11 @@ cgroupfs driver; both cgroup v1 and v2 layouts are handled."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -79,3 +81,15 @@ class BuildCgroup:
                         )
                         break
                     time.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def pids_limited(name: str, pids: int, root: Path = ROOT) -> AsyncIterator[str]:
+    """A parent cgroup of at most `pids` processes for the time of the block, removed after it
+    (even when setting it up failed half-way); yields its `cgroupparent` value. Raises
+    CgroupUnavailable when it cannot be set up."""
+    cgroup = BuildCgroup(name, pids, root)
+    try:
+        yield await asyncio.to_thread(cgroup.create)
+    finally:
+        await asyncio.shield(asyncio.to_thread(cgroup.remove))

@@ -19,11 +19,14 @@ import aiodocker
 from aiodocker.networks import DockerNetwork
 from aiodocker.volumes import DockerVolume
 
+from dockguard.sandbox import names
+
 log = logging.getLogger(__name__)
 
 Filters = dict[str, list[str]]
 _PASSES = 3
 _PASS_DELAY_S = 1.0
+_MANAGED: Filters = {"label": [f"{names.MANAGED_LABEL}=true"]}
 
 
 async def remove_objects(
@@ -40,6 +43,16 @@ async def remove_objects(
         removed += done
         if not in_use:
             break
+    return removed
+
+
+async def sweep(docker: aiodocker.Docker, older_than_s: float, *, job_id: str | None = None) -> int:
+    """Remove managed objects (of one job, if given) created more than `older_than_s` ago;
+    returns how many."""
+    filters = names.label_filter(job_id) if job_id else _MANAGED
+    removed = await remove_objects(docker, filters, created_before=time.time() - older_than_s)
+    if removed:
+        log.warning("swept leftovers of interrupted jobs", extra={"removed": removed})
     return removed
 
 

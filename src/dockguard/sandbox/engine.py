@@ -1,4 +1,10 @@
-"""The only place that talks to the Docker Engine: connection, the job's steps, and cleanup."""
+"""The sandbox as the pipeline sees it (`ports.Sandbox`): every step of a job in the Docker
+Engine, and cleanup. The modules beside this one do the work, one concern each (bases, build,
+users, run, result, egress, cleanup); every container any of them creates is configured by
+`hardening.container_config`.
+
+Only `sandbox/` talks to the engine, with one exception: the scanner's container backend
+(`scanning/backends.py`), which runs Trivy through `hardening` and `archive` too."""
 
 from __future__ import annotations
 
@@ -9,24 +15,29 @@ from dataclasses import dataclass
 import aiodocker
 import aiohttp
 
+from dockguard.base_images import BaseImage
 from dockguard.errors import ErrorCode
+from dockguard.models import BuildLimits, RunLimits
 from dockguard.sandbox import archive, egress, names
-from dockguard.sandbox.build import Builder, BuildFailure, BuildLimits, BuildOutcome
-from dockguard.sandbox.cleanup import ignore_missing, remove_objects
+from dockguard.sandbox.bases import check_bases
+from dockguard.sandbox.build import Builder, BuildFailure, BuildOutcome
+from dockguard.sandbox.cleanup import ignore_missing, remove_objects, sweep
 from dockguard.sandbox.egress import Egress, EgressUnavailable
 from dockguard.sandbox.hardening import image_volumes
 from dockguard.sandbox.result import fetch_result
-from dockguard.sandbox.run import RunLimits, Runner, RunOutcome, check_data_dir
+from dockguard.sandbox.run import Runner, RunOutcome, check_data_dir
 from dockguard.sandbox.users import resolve_run_user
 
 log = logging.getLogger(__name__)
 
 _CLEANUP_TIMEOUT_S = 60
+_CONNECT_TIMEOUT_S = 10
 
 
 def connect(url: str | None, timeout_s: float) -> aiodocker.Docker:
     """A client whose every call times out after `timeout_s` unless the call says otherwise."""
-    return aiodocker.Docker(url=url, timeout=aiohttp.ClientTimeout(total=timeout_s, connect=10))
+    timeout = aiohttp.ClientTimeout(total=timeout_s, connect=_CONNECT_TIMEOUT_S)
+    return aiodocker.Docker(url=url, timeout=timeout)
 
 
 @dataclass
@@ -38,26 +49,40 @@ class Prepared:
     volumes: tuple[str, ...] = ()
 
 
-class Sandbox:
+class EngineSandbox:
     def __init__(
-        self, docker: aiodocker.Docker, log_tail_lines: int, egress: Egress | None = None
+        self,
+        docker: aiodocker.Docker,
+        *,
+        log_tail_lines: int,
+        data_holder_image: str,
+        pull_allow: tuple[str, ...] = (),
+        egress: Egress | None = None,
     ) -> None:
         self.docker = docker
         self._builder = Builder(docker, log_tail_lines)
-        self._runner = Runner(docker, log_tail_lines)
-        self.egress = egress  # needed for builds with network `egress`
+        self._runner = Runner(docker, log_tail_lines, data_holder_image=data_holder_image)
+        self._pull_allow = pull_allow
+        self._egress = egress  # needed for builds with network `egress`
 
     async def ping(self) -> None:
         await self.docker.version()
+
+    async def check_bases(self, bases: tuple[BaseImage, ...], *, pull_timeout_s: float) -> None:
+        """Every image the build starts from is on the engine (or allowed and pulled by us),
+        and none has ONBUILD triggers: the engine itself must never pull on the build's behalf."""
+        await check_bases(
+            self.docker, bases, pull_allow=self._pull_allow, pull_timeout_s=pull_timeout_s
+        )
 
     async def build(self, job_id: str, dockerfile: str, limits: BuildLimits) -> BuildOutcome:
         tag = names.image_tag(job_id, "build")
         if limits.network != "egress":
             return await self._builder.build(job_id, dockerfile, tag, limits)
-        if self.egress is None:
+        if self._egress is None:
             raise RuntimeError("build network egress without an Egress")
         try:
-            async with self.egress.network(job_id):
+            async with self._egress.network(job_id):
                 return await self._builder.build(job_id, dockerfile, tag, limits)
         except EgressUnavailable as exc:
             log.error("build egress network unavailable", extra={"why": str(exc)[:500]})
@@ -68,11 +93,9 @@ class Sandbox:
                 [],
             ) from exc
 
-    async def prepare(self, job_id: str, image_id: str, limits: BuildLimits) -> Prepared:
+    async def prepare(self, job_id: str, image_id: str) -> Prepared:
         """Inspect the built image before anything of it runs: resolve its run user and check its
-        /data, both read from a container of it that is created and never started. (`limits`:
-        the build's; nothing is built here any more. /data's owner now comes from its tmpfs
-        options, see run.py.)"""
+        /data, both read from a container of it that is created and never started."""
         image = await self.docker.images.inspect(image_id)
         async with archive.image_reader(self.docker, job_id, image) as reader:
             await check_data_dir(self.docker, reader)
@@ -90,14 +113,25 @@ class Sandbox:
 
     async def cleanup(self, job_id: str) -> None:
         """Remove every container, network, volume and image labelled with the job id (one
-        routine, shared with the sweeper: cleanup.py). Idempotent; never raises (a failure is
+        routine, shared with `sweep`: cleanup.py). Idempotent; never raises (a failure is
         logged and left for the next cleanup of the same job, or the sweeper)."""
         try:
             async with asyncio.timeout(_CLEANUP_TIMEOUT_S):
                 await remove_objects(self.docker, names.label_filter(job_id))
                 # The tag only ever names a labelled image: gone already, unless it was in use.
                 await ignore_missing(self.docker.images.delete(names.image_tag(job_id, "build")))
-                if self.egress is not None:
+                if self._egress is not None:
                     await egress.remove_firewall(job_id)
         except (aiodocker.DockerError, TimeoutError, EgressUnavailable) as exc:
             log.warning("cleanup incomplete", extra={"why": str(exc)[:300]})
+
+    async def sweep(self, older_than_s: float) -> int:
+        """Remove every dockguard object created more than `older_than_s` ago, and the build
+        firewall rules whose job network is gone; returns how many objects."""
+        removed = await sweep(self.docker, older_than_s)
+        if self._egress is not None:
+            try:
+                await egress.prune_firewall(self.docker)
+            except EgressUnavailable as exc:
+                log.warning("could not prune build firewall rules", extra={"why": str(exc)})
+        return removed

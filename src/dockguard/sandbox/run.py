@@ -24,8 +24,8 @@ import aiodocker
 import aiohttp
 
 from dockguard.errors import ErrorCode, JobFailure
+from dockguard.models import RunLimits
 from dockguard.sandbox import archive, hardening, names
-from dockguard.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,35 +34,6 @@ DATA_PATH = "/data"
 # The holder outlives any run (timeout, kill, log and result reads) and then ends by itself if
 # the worker died before its cleanup; the sweeper removes what is left.
 _HOLDER_EXTRA_S = 600
-
-
-@dataclass(frozen=True)
-class RunLimits:
-    timeout_s: float
-    memory_mb: int
-    cpus: float
-    pids: int
-    tmpfs_mb: int
-    file_size_mb: int = 256
-    nofile: int = 1024
-    runtime: str | None = None
-    data_mb: int = 64
-    data_holder_image: str = "busybox:latest"  # not a limit: what holds /data mounted
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> RunLimits:
-        return cls(
-            timeout_s=s.run_timeout_s,
-            memory_mb=s.run_memory_mb,
-            cpus=s.run_cpus,
-            pids=s.run_pids,
-            tmpfs_mb=s.run_tmpfs_mb,
-            file_size_mb=s.run_file_size_mb,
-            nofile=s.run_nofile,
-            runtime=s.runtime,
-            data_mb=s.run_data_mb,
-            data_holder_image=s.run_data_holder_image,
-        )
 
 
 @dataclass
@@ -127,7 +98,7 @@ def run_config(
     )
 
 
-def holder_config(job_id: str, limits: RunLimits) -> dict[str, Any]:
+def holder_config(job_id: str, image: str, run_timeout_s: float) -> dict[str, Any]:
     """The /data holder's create body: it only sleeps, and cannot even read /data (0700)."""
     isolation = hardening.Isolation(
         memory_mb=16,
@@ -138,12 +109,12 @@ def holder_config(job_id: str, limits: RunLimits) -> dict[str, Any]:
         mounts=[_data_mount(names.volume_name(job_id), read_only=True)],
     )
     return hardening.container_config(
-        limits.data_holder_image,
+        image,
         user="65534:65534",
         labels=names.labels(job_id),
         isolation=isolation,
         entrypoint=["sleep"],
-        cmd=[str(int(limits.timeout_s) + _HOLDER_EXTRA_S)],
+        cmd=[str(int(run_timeout_s) + _HOLDER_EXTRA_S)],
     )
 
 
@@ -164,9 +135,12 @@ async def check_data_dir(docker: aiodocker.Docker, reader_id: str) -> None:
 
 
 class Runner:
-    def __init__(self, docker: aiodocker.Docker, log_tail_lines: int) -> None:
+    def __init__(
+        self, docker: aiodocker.Docker, log_tail_lines: int, *, data_holder_image: str
+    ) -> None:
         self._docker = docker
         self._log_tail_lines = log_tail_lines
+        self._holder_image = data_holder_image
 
     async def run(
         self,
@@ -208,10 +182,11 @@ class Runner:
     async def _start_holder(
         self, job_id: str, limits: RunLimits
     ) -> aiodocker.docker.DockerContainer:
-        image = limits.data_holder_image
+        image = self._holder_image
         try:
             holder = await self._docker.containers.create(
-                holder_config(job_id, limits), name=f"{names.container_name(job_id)}-data-holder"
+                holder_config(job_id, image, limits.timeout_s),
+                name=f"{names.container_name(job_id)}-data-holder",
             )
             await holder.start()
         except aiodocker.DockerError as exc:

@@ -1,5 +1,5 @@
 from dockguard.scanning.backends import ContainerTrivy, LocalTrivy, TrivyBackend, find_trivy
 from dockguard.scanning.policy import evaluate
-from dockguard.scanning.scanner import Scanner
+from dockguard.scanning.scanner import TrivyScanner
 
-__all__ = ["ContainerTrivy", "LocalTrivy", "Scanner", "TrivyBackend", "evaluate", "find_trivy"]
+__all__ = ["ContainerTrivy", "LocalTrivy", "TrivyBackend", "TrivyScanner", "evaluate", "find_trivy"]

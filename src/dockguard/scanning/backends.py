@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiodocker
-import aiohttp
 from aiodocker.volumes import DockerVolume
 
 from dockguard.errors import ErrorCode, JobFailure
+from dockguard.models import ScannerLimits
 from dockguard.sandbox import archive, hardening, http, names
 from dockguard.scanning.report import scanner_failed
 
@@ -141,12 +141,14 @@ class ContainerTrivy:
 
     name = "container"
 
-    def __init__(self, docker: aiodocker.Docker, image: str, cache: str, memory_mb: int) -> None:
+    def __init__(
+        self, docker: aiodocker.Docker, image: str, cache: str, limits: ScannerLimits
+    ) -> None:
         self._docker = docker
         self._ref, _, digest = image.partition("@")
         self._digest = digest
         self._cache = cache
-        self._memory = memory_mb * 1024 * 1024
+        self._limits = limits
         self._image_id: str | None = None
         self._lock = asyncio.Lock()
 
@@ -195,35 +197,15 @@ class ContainerTrivy:
         labels = names.labels(job_id) if job_id else {names.MANAGED_LABEL: "true"}
         volume = f"dockguard-scan-{scan_id}"
         await self._docker.volumes.create({"Name": volume, "Labels": labels})
+        config = self._config(image_id, args, volume, labels, network)
         container = None
         try:
             async with asyncio.timeout(timeout_s):
                 container = await self._docker.containers.create(
-                    self._config(image_id, args, volume, labels, network),
-                    name=f"dockguard-scan-{scan_id}",
+                    config, name=f"dockguard-scan-{scan_id}"
                 )
-                async with http.stream(
-                    self._docker,
-                    f"containers/{container.id}/archive",
-                    "PUT",
-                    params={"path": "/work"},
-                    data=_work_tar(work),
-                    headers={"Content-Type": "application/x-tar"},
-                ):
-                    pass
-                await container.start()
-                status = await container.wait(
-                    timeout=aiohttp.ClientTimeout(total=None, sock_read=None)
-                )
-            if status.get("StatusCode") != 0:
-                logs = await container.log(stdout=False, stderr=True, tail=20)
-                log.warning("trivy failed", extra={"stderr": "".join(logs)[-_STDERR_TAIL:]})
-                raise scanner_failed(f"the scanner exited with status {status.get('StatusCode')}")
-            if "{out}" not in args:
-                return "".join(await container.log(stdout=True, stderr=False)).encode()
-            return await archive.read_file(
-                self._docker, container.id, "/work/out/report.json", REPORT_MAX_BYTES
-            )
+                status = await self._upload_and_wait(container, work)
+            return await self._collect(container, status, "{out}" in args)
         except TimeoutError as exc:
             raise scanner_failed(f"the scanner did not finish within {timeout_s:g} s") from exc
         except archive.ArchiveError as exc:
@@ -233,6 +215,30 @@ class ContainerTrivy:
             raise scanner_failed("the scanner container could not run") from exc
         finally:
             await asyncio.shield(self._remove(container, volume))
+
+    async def _upload_and_wait(
+        self, container: aiodocker.docker.DockerContainer, work: Path | None
+    ) -> int | None:
+        """Put the scan's inputs in /work, start trivy and wait for it; its exit status."""
+        await archive.put_archive(self._docker, container.id, "/work", _work_tar(work))
+        await container.start()
+        status = await container.wait(timeout=http.STREAMING)
+        code = status.get("StatusCode")
+        return code if isinstance(code, int) else None
+
+    async def _collect(
+        self, container: aiodocker.docker.DockerContainer, status: int | None, to_file: bool
+    ) -> bytes:
+        """The report trivy wrote at `{out}` (or its stdout), once it exited with 0."""
+        if status != 0:
+            logs = await container.log(stdout=False, stderr=True, tail=20)
+            log.warning("trivy failed", extra={"stderr": "".join(logs)[-_STDERR_TAIL:]})
+            raise scanner_failed(f"the scanner exited with status {status}")
+        if not to_file:
+            return "".join(await container.log(stdout=True, stderr=False)).encode()
+        return await archive.read_file(
+            self._docker, container.id, "/work/out/report.json", REPORT_MAX_BYTES
+        )
 
     def _config(
         self,
@@ -248,14 +254,14 @@ class ContainerTrivy:
             "Target": "/cache",
             "ReadOnly": not network,  # only a DB download (which needs the network) writes
         }
+        limits = self._limits
         isolation = hardening.Isolation(
-            memory_mb=self._memory // (1024 * 1024),
-            pids=256,
+            memory_mb=limits.memory_mb,
+            pids=limits.pids,
             network="bridge" if network else "none",
-            # A DB download writes trivy.db (about 1 GB, and growing) and the Java DB in one go.
-            file_size_mb=16 * 1024,
-            nofile=4096,
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
+            file_size_mb=limits.file_size_mb,
+            nofile=limits.nofile,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs_mb}m"},
             mounts=[{"Type": "volume", "Source": volume, "Target": "/work"}, cache_mount],
             log_max_size="8m",
         )

@@ -1,5 +1,6 @@
-"""The scanner as the pipeline sees it: scan a Dockerfile, scan an image, say which scanner and
-DB it used, keep the DB fresh. Findings are cached; the policy is applied on every scan."""
+"""The scanner as the pipeline sees it (`ports.Scanner`): scan a Dockerfile, scan an image, say
+which scanner and DB it used, keep the DB fresh. Findings are cached; the policy is applied on
+every scan."""
 
 from __future__ import annotations
 
@@ -15,8 +16,16 @@ from pathlib import Path
 import aiodocker
 
 from dockguard.errors import ErrorCode, JobFailure
-from dockguard.models import DbMetadata, Finding, ScannerInfo, ScannerStatus, ScanPolicy, ScanReport
-from dockguard.sandbox import http
+from dockguard.models import (
+    DbMetadata,
+    Finding,
+    ScannerInfo,
+    ScannerLimits,
+    ScannerStatus,
+    ScanPolicy,
+    ScanReport,
+)
+from dockguard.sandbox import archive
 from dockguard.scanning.backends import TrivyBackend
 from dockguard.scanning.policy import evaluate
 from dockguard.scanning.report import (
@@ -38,16 +47,18 @@ _OFFLINE = [
 ]  # fmt: skip
 
 
-class Scanner:
+class TrivyScanner:
     def __init__(
         self,
         backend: TrivyBackend,
         settings: Settings,
         docker: aiodocker.Docker,
         cache: ScanCache,
+        limits: ScannerLimits,
     ) -> None:
         self._backend = backend
         self._settings = settings
+        self._timeout_s = limits.timeout_s
         self._docker = docker
         self._cache = cache
         self._version: tuple[float, str, DbMetadata | None] | None = None
@@ -62,7 +73,7 @@ class Scanner:
         if fresh or self._version is None or now - self._version[0] > _VERSION_TTL_S:
             raw = await self._backend.run(
                 ["version", "--format", "json", "--cache-dir", "{cache}"],
-                timeout_s=self._settings.scanner_timeout_s,
+                timeout_s=self._timeout_s,
             )
             self._version = (now, *parse_version(raw))
         return self._version[1], self._version[2]
@@ -147,7 +158,7 @@ class Scanner:
 
     async def _trivy(self, *args: str, work: Path, job_id: str) -> bytes:
         """A scan's trivy run: JSON written to `{out}`, bounded by the scanner timeout."""
-        timeout_s = self._settings.scanner_timeout_s
+        timeout_s = self._timeout_s
         return await self._backend.run(
             [*args, "--format", "json", "--output", "{out}", "--timeout", f"{int(timeout_s)}s"],
             work=work,
@@ -156,22 +167,13 @@ class Scanner:
         )
 
     async def _export(self, image_id: str, target: Path) -> None:
-        """`docker save` of the image into `target`, streamed, refusing absurd sizes."""
-        cap = self._settings.scan_image_max_mb * 1024 * 1024
-        size = 0
+        """`docker save` of the image into `target`, refusing absurd sizes."""
+        max_mb = self._settings.scan_image_max_mb
         try:
-            async with asyncio.timeout(self._settings.scanner_timeout_s):
-                async with http.stream(
-                    self._docker, f"images/{image_id}/get", "GET", params={}
-                ) as response:
-                    with target.open("wb") as out:
-                        async for chunk in response.content.iter_chunked(1024 * 1024):
-                            size += len(chunk)
-                            if size > cap:
-                                raise scanner_failed(
-                                    f"the image is larger than the {cap >> 20} MiB scan limit"
-                                )
-                            await asyncio.to_thread(out.write, chunk)
+            async with asyncio.timeout(self._timeout_s):
+                await archive.save_image(self._docker, image_id, target, max_mb * 1024 * 1024)
+        except archive.FileTooLarge as exc:
+            raise scanner_failed(f"the image is larger than the {max_mb} MiB scan limit") from exc
         except TimeoutError as exc:
             raise scanner_failed("exporting the image for its scan timed out") from exc
         except aiodocker.DockerError as exc:
@@ -204,7 +206,7 @@ class Scanner:
         await self._backend.run(
             ["image", "--download-db-only", *common],
             network=True,
-            timeout_s=self._settings.scanner_timeout_s,
+            timeout_s=self._timeout_s,
         )
         # Java archives in an image need the Java DB too; without it their scan fails (closed),
         # so a failed Java DB download (e.g. no mirror for it) does not fail the update.
@@ -212,7 +214,7 @@ class Scanner:
             await self._backend.run(
                 ["image", "--download-java-db-only", "--cache-dir", "{cache}", "--no-progress"],
                 network=True,
-                timeout_s=self._settings.scanner_timeout_s,
+                timeout_s=self._timeout_s,
             )
         except JobFailure as failure:
             log.warning("Java DB download failed", extra={"why": failure.message})

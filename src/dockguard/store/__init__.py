@@ -1,3 +1,4 @@
-from dockguard.store.jobs import JobStore, StaleUpdate
+from dockguard.store.dockerfiles import RedisDockerfileStore
+from dockguard.store.jobs import RedisJobStore, StaleUpdate
 
-__all__ = ["JobStore", "StaleUpdate"]
+__all__ = ["RedisDockerfileStore", "RedisJobStore", "StaleUpdate"]

@@ -80,14 +80,17 @@ def unseal(raw: bytes, fernet: MultiFernet | None) -> str:
         ) from None
 
 
-class DockerfileStore:
+class RedisDockerfileStore:
+    """`ports.DockerfileStore` in Redis. `fernet` has no default: a store that writes plain
+    text is always asked for (`cipher(None)`), never made by accident."""
+
     def __init__(
         self,
         redis: Redis,
         ttl_s: int,
         *,
+        fernet: MultiFernet | None,
         keep_s: int = 0,
-        fernet: MultiFernet | None = None,
     ) -> None:
         self._redis = redis
         self._ttl_s = ttl_s

@@ -1,7 +1,9 @@
-"""Job records. A record is written once by `JobStore.create`, then only through
-`JobStore.update`, which enforces that a job's status only moves forward. Beside the records, a
-sorted set holds the deadline of every unfinished job, so that the sweeper can fail a job that no
-worker finished in time (`worker_lost`). (Every Redis key is built in keys.py.)"""
+"""Job records in Redis. A record is written by `create`, changed only by `update` (atomic, and
+a job's status only moves forward), and removed by `delete` (only when the API could not queue
+the job) or by its TTL. Beside the records, a sorted set holds the deadline of every unfinished
+job, so that the reaper can fail a job that no worker finished in time (`worker_lost`): `create`
+and `set_deadline` write it, `update` to a terminal status and `forget_deadline` clear it.
+(Every Redis key is built in keys.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from dockguard.models import Job, utcnow
-from dockguard.store.dockerfiles import DockerfileStore
+from dockguard.ports import DockerfileStore
 from dockguard.store.keys import DEADLINES, job_key
 
 
@@ -21,15 +23,15 @@ class StaleUpdate(Exception):
     """The update would move a job's status backwards (e.g. a retried step after the job ended)."""
 
 
-class JobStore:
-    """Job records; the Dockerfile of each job goes through `dockerfiles` (maybe another Redis)."""
+class RedisJobStore:
+    """Job records (`ports.JobStore`). `dockerfiles` (required: it decides whether Dockerfiles
+    are encrypted, and where they live) is written with each new job and removed with it; every
+    other read of a Dockerfile goes through `Services.dockerfiles`, the same object."""
 
-    def __init__(
-        self, redis: Redis, ttl_s: int, dockerfiles: DockerfileStore | None = None
-    ) -> None:
+    def __init__(self, redis: Redis, ttl_s: int, dockerfiles: DockerfileStore) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
-        self.dockerfiles = dockerfiles or DockerfileStore(redis, ttl_s)
+        self._dockerfiles = dockerfiles
 
     async def create(self, job: Job, dockerfile: str, *, deadline_s: float) -> None:
         """Store the Dockerfile, then the job, both expiring after the job TTL, and its deadline
@@ -37,7 +39,7 @@ class JobStore:
 
         They may live in two Redis servers, so there is no transaction: the Dockerfile is written
         first, so a stored job always has one, and removed again if the job cannot be written."""
-        await self.dockerfiles.put(job.id, dockerfile)
+        await self._dockerfiles.put(job.id, dockerfile)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(job_key(job.id), job.model_dump_json(), ex=self._ttl_s)
@@ -45,7 +47,7 @@ class JobStore:
                 await pipe.execute()
         except BaseException:
             with suppress(RedisError):  # it expires with the TTL anyway
-                await self.dockerfiles.delete(job.id)
+                await self._dockerfiles.delete(job.id)
             raise
 
     async def get(self, job_id: str) -> Job | None:
@@ -55,7 +57,7 @@ class JobStore:
     async def delete(self, job_id: str) -> None:
         await self._redis.delete(job_key(job_id))
         await self._redis.zrem(DEADLINES, job_id)
-        await self.dockerfiles.delete(job_id)
+        await self._dockerfiles.delete(job_id)
 
     async def set_deadline(self, job_id: str, deadline_s: float) -> None:
         """A worker took the job: it must end within `deadline_s` from now."""
@@ -87,7 +89,7 @@ class JobStore:
                     before = Job.model_validate_json(raw)
                     job = before.model_copy(deep=True)
                     change(job)
-                    _check_transition(before, job)
+                    check_transition(before, job)
                     job.updated_at = utcnow()
                     if job.status.terminal and job.finished_at is None:
                         job.finished_at = job.updated_at
@@ -102,7 +104,7 @@ class JobStore:
                     continue
 
 
-def _check_transition(before: Job, after: Job) -> None:
+def check_transition(before: Job, after: Job) -> None:
     if before.status.terminal and after.status != before.status:
         raise StaleUpdate(f"job {before.id} already ended as {before.status}")
     if after.status.rank < before.status.rank:

@@ -140,9 +140,7 @@ class Instances:
     def __init__(self, redis_port: int, trivy_db: Path) -> None:
         self._redis_port = redis_port
         self._trivy_db = trivy_db
-        self._running: dict[
-            tuple[tuple[str, Any], ...], tuple[Dockguard, uvicorn.Server, asyncio.Task[None]]
-        ] = {}
+        self._running: dict[str, tuple[Dockguard, uvicorn.Server, asyncio.Task[None]]] = {}
 
     async def get(self, **overrides: Any) -> Dockguard:
         key = repr(sorted(overrides.items()))

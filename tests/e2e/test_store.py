@@ -9,9 +9,14 @@ import pytest
 from redis.asyncio import Redis
 
 from dockguard.models import ErrorInfo, Job, JobStatus
-from dockguard.store import JobStore, StaleUpdate
+from dockguard.store import RedisDockerfileStore, RedisJobStore, StaleUpdate
 from dockguard.store.keys import dockerfile_key, job_key
-from tests.conftest import Instances
+from tests.e2e.conftest import Instances
+
+
+def job_store(redis: Redis, ttl_s: int) -> tuple[RedisJobStore, RedisDockerfileStore]:
+    dockerfiles = RedisDockerfileStore(redis, ttl_s, fernet=None)
+    return RedisJobStore(redis, ttl_s, dockerfiles), dockerfiles
 
 
 def new_job(job_id: str = "a" * 32) -> Job:
@@ -19,16 +24,16 @@ def new_job(job_id: str = "a" * 32) -> Job:
 
 
 async def test_create_stores_job_and_dockerfile_with_ttl(redis: Redis) -> None:
-    store = JobStore(redis, ttl_s=100)
+    store, dockerfiles = job_store(redis, ttl_s=100)
     await store.create(new_job(), "FROM busybox\n", deadline_s=3600)
     assert 95 <= await redis.ttl(job_key("a" * 32)) <= 100
     assert 95 <= await redis.ttl(dockerfile_key("a" * 32)) <= 100
-    assert await store.dockerfiles.get("a" * 32) == "FROM busybox\n"
+    assert await dockerfiles.get("a" * 32) == "FROM busybox\n"
     assert (await store.get("a" * 32)).status == JobStatus.QUEUED  # type: ignore[union-attr]
 
 
 async def test_updates_keep_the_ttl_and_move_forward_only(redis: Redis) -> None:
-    store = JobStore(redis, ttl_s=100)
+    store, _ = job_store(redis, ttl_s=100)
     await store.create(new_job(), "FROM busybox\n", deadline_s=3600)
     await redis.expire(job_key("a" * 32), 50)
     before = await store.get("a" * 32)
@@ -52,7 +57,7 @@ async def test_updates_keep_the_ttl_and_move_forward_only(redis: Redis) -> None:
 
 
 async def test_concurrent_updates_are_not_lost(redis: Redis) -> None:
-    store = JobStore(redis, ttl_s=100)
+    store, _ = job_store(redis, ttl_s=100)
     await store.create(new_job(), "FROM busybox\n", deadline_s=3600)
 
     def add_line(n: int):  # type: ignore[no-untyped-def]
@@ -67,7 +72,7 @@ async def test_concurrent_updates_are_not_lost(redis: Redis) -> None:
 
 
 async def test_update_of_expired_job_returns_none(redis: Redis) -> None:
-    assert await JobStore(redis, ttl_s=100).update("b" * 32, lambda j: None) is None
+    assert await job_store(redis, ttl_s=100)[0].update("b" * 32, lambda j: None) is None
 
 
 async def test_job_record_expires_after_its_ttl(instances: Instances, redis_port: int) -> None:

@@ -9,7 +9,7 @@ import pytest
 from dockguard.errors import ErrorCode
 from dockguard.settings import Settings
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+README = (Path(__file__).parents[2] / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name", sorted(Settings.model_fields))

@@ -29,12 +29,12 @@ import aiodocker
 import pytest
 import pytest_asyncio
 
+from dockguard.jobs.pipeline import queued_deadline_s, running_deadline_s
 from dockguard.jobs.sweeper import reap
-from dockguard.services import queued_deadline_s, running_deadline_s
 from dockguard.store.keys import dockerfile_key
-from tests.conftest import Dockguard, Instances, leftovers
+from tests.e2e.conftest import Dockguard, Instances, leftovers
 
-FAST = {"run_timeout_s": 20, "build_timeout_s": 20, "build_network": "none"}
+FAST: dict[str, Any] = {"run_timeout_s": 20, "build_timeout_s": 20, "build_network": "none"}
 
 
 class Listener:

@@ -23,7 +23,7 @@ import aiodocker
 import pytest
 import pytest_asyncio
 
-from tests.conftest import Dockguard, Instances, assert_failed, assert_gone
+from tests.e2e.conftest import Dockguard, Instances, assert_failed, assert_gone
 
 # Nothing reads it: it is set before any instance starts, so that a leak of the worker's
 # environment into a container, a result or a log would show it.

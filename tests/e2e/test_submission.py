@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import Dockguard
+from tests.e2e.conftest import Dockguard
 
 HAPPY = 'FROM busybox:latest\nUSER 1000\nCMD ["sh", "-c", "echo {} > /data/perf.json"]\n'
 

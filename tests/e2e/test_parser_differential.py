@@ -219,21 +219,6 @@ def _accepted(body: bytes) -> dockerfile.Dockerfile | None:
     return parsed
 
 
-# Inputs that beat the parser dockguard had before it followed the engine line for line: each
-# was accepted while the engine ran a forbidden instruction the policy never saw.
-SMUGGLING = [
-    b"FROM %s\nRUN echo \\\n\x1c# hidden\nADD http://127.0.0.1:9/x /x\n",
-    b"FROM %s\nRUN echo \\\n\x1f\nONBUILD RUN echo injected\n",
-    b"FROM %s\nRUN echo \\\n\xc2\xa0\nONBUILD RUN echo injected\n",
-    b"# frob=1\n# escape=`\nFROM %s\nRUN echo `\nADD http://127.0.0.1:9/x /x\n",
-]
-
-
-@pytest.mark.parametrize("template", SMUGGLING)
-def test_smuggling_inputs_are_refused(template: bytes) -> None:
-    assert _accepted(template.replace(b"%s", NOOP_IMAGE.encode())) is None
-
-
 def test_the_differential_harness_sees_what_the_engine_runs(engine: httpx.Client) -> None:
     """The check itself can fail: the engine reports each instruction it runs, continuations
     joined the engine's way."""

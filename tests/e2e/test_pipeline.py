@@ -10,7 +10,7 @@ import uuid
 
 import aiodocker
 
-from tests.conftest import Dockguard, Instances, leftovers
+from tests.e2e.conftest import Dockguard, Instances, leftovers
 
 
 def writes(result: str, user: str = "1000") -> str:

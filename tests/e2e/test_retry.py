@@ -9,8 +9,8 @@ import aiodocker
 from dockguard.jobs.pipeline import run_job
 from dockguard.models import Job, JobStatus
 from dockguard.sandbox import names
-from tests.conftest import Dockguard, leftovers
-from tests.test_pipeline import writes
+from tests.e2e.conftest import Dockguard, leftovers
+from tests.e2e.test_pipeline import writes
 
 DOCKERFILE = writes('{"perf": 2}')
 

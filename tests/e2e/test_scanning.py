@@ -16,8 +16,8 @@ from typing import Any
 import aiodocker
 import pytest
 
-from tests.conftest import Dockguard, Instances, leftovers, make_trivy_db
-from tests.test_pipeline import writes
+from tests.e2e.conftest import Dockguard, Instances, leftovers, make_trivy_db
+from tests.e2e.test_pipeline import writes
 
 SCANNER_IMAGE = "dockguard-test/trivy:0.76.0"
 

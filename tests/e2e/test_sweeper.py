@@ -7,9 +7,9 @@ import uuid
 
 import aiodocker
 
-from dockguard.jobs.sweeper import sweep
 from dockguard.sandbox import names
-from tests.conftest import leftovers
+from dockguard.sandbox.cleanup import sweep
+from tests.e2e.conftest import leftovers
 
 
 async def test_sweeper_removes_old_leftovers_and_keeps_young_ones(docker: aiodocker.Docker) -> None:

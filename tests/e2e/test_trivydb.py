@@ -164,14 +164,3 @@ def test_large_db_uses_branch_and_overflow_pages(
     assert found["CVE-2098-0599"]["Title"] == "t599"
     assert found["CVE-2099-0009"]["Severity"] == "CRITICAL"
     assert found["CVE-2099-0009"]["Description"] == "x" * 10000
-
-
-def test_write_db_rejects_bad_input(workdir: Path) -> None:
-    with pytest.raises(ValueError, match="timezone-aware"):
-        write_db(workdir / "naive", [VULN], updated_at=datetime(2025, 1, 1))
-    with pytest.raises(ValueError, match="severity"):
-        write_db(
-            workdir / "sev", [Vulnerability("CVE-1", "p", "1", "SEVERE")], updated_at=UPDATED_AT
-        )
-    with pytest.raises(ValueError, match="duplicate"):
-        write_db(workdir / "dup", [VULN, VULN], updated_at=UPDATED_AT)

@@ -20,8 +20,8 @@ import aiodocker
 import pytest
 import pytest_asyncio
 
-from tests import conftest
-from tests.conftest import Dockguard, Instances, assert_gone
+from tests.e2e import conftest
+from tests.e2e.conftest import Dockguard, Instances, assert_gone
 
 DATA_MB = 8
 PROFILE = {"run_timeout_s": 20, "build_timeout_s": 60, "run_memory_mb": 64, "run_data_mb": DATA_MB}

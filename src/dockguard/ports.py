@@ -1,0 +1,77 @@
+"""What a job needs of the world, as Protocols: the sandbox (the Docker Engine), the scanner
+(Trivy) and the two stores (Redis). `services.py` wires the real ones (`EngineSandbox`,
+`TrivyScanner`, `RedisJobStore`, `RedisDockerfileStore`); the unit tests run the pipeline
+against in-memory fakes of the same Protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from dockguard.base_images import BaseImage
+from dockguard.models import BuildLimits, DbMetadata, Job, RunLimits, ScannerStatus, ScanReport
+from dockguard.sandbox import BuildOutcome, Prepared, RunOutcome
+
+
+class Sandbox(Protocol):
+    async def ping(self) -> None: ...
+
+    async def check_bases(self, bases: tuple[BaseImage, ...], *, pull_timeout_s: float) -> None:
+        """Raise a JobFailure for a base the build may not start from."""
+
+    async def build(self, job_id: str, dockerfile: str, limits: BuildLimits) -> BuildOutcome:
+        """Raise BuildFailure (with the log tail) when the build fails or times out."""
+
+    async def prepare(self, job_id: str, image_id: str) -> Prepared:
+        """Resolve the run user and check the image before anything of it runs."""
+
+    async def run(self, job_id: str, prepared: Prepared, limits: RunLimits) -> RunOutcome: ...
+
+    async def fetch_result(self, container_id: str, max_bytes: int) -> bytes:
+        """The raw bytes of /data/perf.json; raise a JobFailure when there is none to read."""
+
+    async def cleanup(self, job_id: str) -> None:
+        """Remove everything of the job; idempotent, never raises."""
+
+    async def sweep(self, older_than_s: float) -> int:
+        """Remove what outlived every job; returns how many objects."""
+
+
+class Scanner(Protocol):
+    async def scan_dockerfile(self, text: str, job_id: str) -> ScanReport: ...
+
+    async def scan_image(self, image_id: str, job_id: str) -> ScanReport: ...
+
+    async def status(self) -> ScannerStatus: ...
+
+    async def update_db(self) -> DbMetadata: ...
+
+
+class DockerfileStore(Protocol):
+    async def put(self, job_id: str, text: str) -> None: ...
+
+    async def get(self, job_id: str) -> str | None:
+        """None once it has expired; raise a JobFailure when it cannot be read back."""
+
+    async def delete(self, job_id: str) -> None: ...
+
+    async def release(self, job_id: str) -> None:
+        """The job has ended: let its Dockerfile go (now, or later by policy). Never raises."""
+
+
+class JobStore(Protocol):
+    async def create(self, job: Job, dockerfile: str, *, deadline_s: float) -> None: ...
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def delete(self, job_id: str) -> None: ...
+
+    async def update(self, job_id: str, change: Callable[[Job], None]) -> Job | None:
+        """Apply `change` atomically; None when the job has expired; raise StaleUpdate when the
+        status would move backwards or out of a terminal status."""
+
+    async def set_deadline(self, job_id: str, deadline_s: float) -> None: ...
+
+    async def overdue(self, now: float, limit: int = 100) -> list[str]: ...
+
+    async def forget_deadline(self, job_id: str) -> None: ...

@@ -1,0 +1,225 @@
+"""In-memory fakes of the Protocols in `dockguard.ports`, for the pipeline's unit tests. They
+keep the contracts the real ones keep (a status only moves forward; cleanup is idempotent), and
+record what was asked of them so a test can say what the pipeline did."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from arq.connections import ArqRedis
+
+from dockguard.base_images import BaseImage
+from dockguard.errors import JobFailure
+from dockguard.models import (
+    BuildLimits,
+    DbMetadata,
+    Finding,
+    Job,
+    RunLimits,
+    ScannerInfo,
+    ScannerStatus,
+    ScanPolicy,
+    ScanReport,
+    utcnow,
+)
+from dockguard.sandbox import BuildOutcome, Prepared, RunOutcome
+from dockguard.scanning import evaluate
+from dockguard.services import Services
+from dockguard.settings import Settings, Severity
+from dockguard.store.jobs import check_transition
+
+SCANNER = ScannerInfo(name="trivy", version="0.0-fake", backend="fake")
+POLICY = ScanPolicy(fail_on=[Severity.HIGH, Severity.CRITICAL], ignore=[])
+
+
+def report(*severities: Severity) -> ScanReport:
+    """A scan report with one finding per severity, judged by the default policy."""
+    findings = [
+        Finding(id=f"DS-{n:04d}", severity=severity, title=f"finding {n}")
+        for n, severity in enumerate(severities, start=1)
+    ]
+    return evaluate(findings, policy=POLICY, scanner=SCANNER, duration_s=0.0)
+
+
+class FakeDockerfileStore:
+    def __init__(self) -> None:
+        self.texts: dict[str, str] = {}
+        self.released: list[str] = []
+
+    async def put(self, job_id: str, text: str) -> None:
+        self.texts[job_id] = text
+
+    async def get(self, job_id: str) -> str | None:
+        return self.texts.get(job_id)
+
+    async def delete(self, job_id: str) -> None:
+        self.texts.pop(job_id, None)
+
+    async def release(self, job_id: str) -> None:
+        self.released.append(job_id)
+        self.texts.pop(job_id, None)
+
+
+class FakeJobStore:
+    def __init__(self, dockerfiles: FakeDockerfileStore) -> None:
+        self.records: dict[str, str] = {}  # JSON, as in Redis: nothing shared with the caller
+        self.deadlines: dict[str, float] = {}
+        self._dockerfiles = dockerfiles
+
+    async def create(self, job: Job, dockerfile: str, *, deadline_s: float) -> None:
+        await self._dockerfiles.put(job.id, dockerfile)
+        self.records[job.id] = job.model_dump_json()
+        self.deadlines[job.id] = deadline_s
+
+    async def get(self, job_id: str) -> Job | None:
+        raw = self.records.get(job_id)
+        return None if raw is None else Job.model_validate_json(raw)
+
+    async def delete(self, job_id: str) -> None:
+        self.records.pop(job_id, None)
+        self.deadlines.pop(job_id, None)
+        await self._dockerfiles.delete(job_id)
+
+    async def update(self, job_id: str, change: Callable[[Job], None]) -> Job | None:
+        before = await self.get(job_id)
+        if before is None:
+            return None
+        job = before.model_copy(deep=True)
+        change(job)
+        check_transition(before, job)
+        job.updated_at = utcnow()
+        if job.status.terminal and job.finished_at is None:
+            job.finished_at = job.updated_at
+        self.records[job_id] = job.model_dump_json()
+        if job.status.terminal:
+            self.deadlines.pop(job_id, None)
+        return job
+
+    async def set_deadline(self, job_id: str, deadline_s: float) -> None:
+        if job_id in self.deadlines:
+            self.deadlines[job_id] = deadline_s
+
+    async def overdue(self, now: float, limit: int = 100) -> list[str]:
+        late = sorted((at, job_id) for job_id, at in self.deadlines.items() if at <= now)
+        return [job_id for _, job_id in late[:limit]]
+
+    async def forget_deadline(self, job_id: str) -> None:
+        self.deadlines.pop(job_id, None)
+
+
+@dataclass
+class FakeScanner:
+    dockerfile_report: ScanReport = field(default_factory=report)
+    image_report: ScanReport = field(default_factory=report)
+    failure: JobFailure | None = None  # raised by every scan
+    scanned: list[str] = field(default_factory=list)
+
+    async def scan_dockerfile(self, text: str, job_id: str) -> ScanReport:
+        self.scanned.append("dockerfile")
+        if self.failure:
+            raise self.failure
+        return self.dockerfile_report
+
+    async def scan_image(self, image_id: str, job_id: str) -> ScanReport:
+        self.scanned.append(f"image {image_id}")
+        if self.failure:
+            raise self.failure
+        return self.image_report
+
+    async def status(self) -> ScannerStatus:
+        return ScannerStatus(
+            scanner=SCANNER, db=None, db_age_h=None, db_max_age_h=48, db_usable=True
+        )
+
+    async def update_db(self) -> DbMetadata:
+        return DbMetadata(version=2, updated_at=utcnow())
+
+
+@dataclass
+class FakeSandbox:
+    """Every step succeeds with a perf.json of `{"perf": 0.5}` unless a test says otherwise:
+    `fail` maps a step name to the exception it raises; `hang` names a step that never ends."""
+
+    run_outcome: RunOutcome = field(
+        default_factory=lambda: RunOutcome(
+            container_id="c" * 64,
+            exit_code=0,
+            oom_killed=False,
+            timed_out=False,
+            duration_s=0.1,
+            log_tail=["ran"],
+            data_mb=64,
+        )
+    )
+    result: bytes = b'{"perf": 0.5}'
+    fail: dict[str, BaseException] = field(default_factory=dict)
+    hang: str | None = None
+    calls: list[str] = field(default_factory=list)
+    build_limits: list[BuildLimits] = field(default_factory=list)
+    run_limits: list[RunLimits] = field(default_factory=list)
+
+    async def _step(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.hang:
+            await asyncio.Event().wait()
+        if name in self.fail:
+            raise self.fail[name]
+
+    async def ping(self) -> None:
+        await self._step("ping")
+
+    async def check_bases(self, bases: tuple[BaseImage, ...], *, pull_timeout_s: float) -> None:
+        await self._step("check_bases")
+
+    async def build(self, job_id: str, dockerfile: str, limits: BuildLimits) -> BuildOutcome:
+        self.build_limits.append(limits)
+        await self._step("build")
+        return BuildOutcome(image_id="sha256:" + "b" * 64, duration_s=0.2, log_tail=["built"])
+
+    async def prepare(self, job_id: str, image_id: str) -> Prepared:
+        await self._step("prepare")
+        return Prepared(image_id=image_id, user="1000:1000")
+
+    async def run(self, job_id: str, prepared: Prepared, limits: RunLimits) -> RunOutcome:
+        self.run_limits.append(limits)
+        await self._step("run")
+        return self.run_outcome
+
+    async def fetch_result(self, container_id: str, max_bytes: int) -> bytes:
+        await self._step("fetch_result")
+        return self.result
+
+    async def cleanup(self, job_id: str) -> None:
+        self.calls.append("cleanup")
+
+    async def sweep(self, older_than_s: float) -> int:
+        self.calls.append("sweep")
+        return 0
+
+
+@dataclass
+class Fakes:
+    services: Services
+    store: FakeJobStore
+    dockerfiles: FakeDockerfileStore
+    scanner: FakeScanner
+    sandbox: FakeSandbox
+
+
+def fakes(settings: Settings | None = None) -> Fakes:
+    dockerfiles = FakeDockerfileStore()
+    store = FakeJobStore(dockerfiles)
+    scanner = FakeScanner()
+    fake_sandbox = FakeSandbox()
+    services = Services(
+        settings=settings or Settings(_env_file=None),
+        redis=cast(ArqRedis, None),  # the pipeline never touches the queue
+        store=store,
+        dockerfiles=dockerfiles,
+        scanner=scanner,
+        sandbox=fake_sandbox,
+    )
+    return Fakes(services, store, dockerfiles, scanner, fake_sandbox)
