@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import aiodocker
 
+from dockguard.processes import run_process
 from dockguard.sandbox import names
 from dockguard.sandbox.cleanup import ignore_missing
 from dockguard.sandbox.hardening import Isolation, container_config
@@ -404,26 +405,13 @@ async def _delete_rules(wanted: Callable[[str], bool]) -> None:
 
 async def _iptables(tool: str, args: list[str]) -> str:
     try:
-        process = await asyncio.create_subprocess_exec(
-            tool,
-            "-w",
-            "5",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        done = await run_process([tool, "-w", "5", *args], timeout_s=_IPTABLES_TIMEOUT_S)
     except OSError as exc:
         raise EgressUnavailable(f"cannot run {tool}: {exc}") from exc
-    try:
-        async with asyncio.timeout(_IPTABLES_TIMEOUT_S):
-            out, err = await process.communicate()
     except TimeoutError as exc:
-        process.kill()
-        await process.wait()
         raise EgressUnavailable(f"{tool} did not answer within {_IPTABLES_TIMEOUT_S} s") from exc
-    if process.returncode != 0:
+    if done.returncode != 0:
         raise EgressUnavailable(
-            f"{tool} {' '.join(args[:2])} failed ({process.returncode}): {err.decode()[:300]}"
+            f"{tool} {' '.join(args[:2])} failed ({done.returncode}): {done.stderr.decode()[:300]}"
         )
-    return out.decode(errors="replace")
+    return done.stdout.decode(errors="replace")

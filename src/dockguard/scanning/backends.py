@@ -7,11 +7,9 @@ DB cache directory) and `{tmp}` (scratch space) filled in for where they really 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
-import signal
 import sys
 import tarfile
 import tempfile
@@ -25,6 +23,7 @@ from aiodocker.volumes import DockerVolume
 
 from dockguard.errors import ErrorCode, JobFailure
 from dockguard.models import ScannerLimits
+from dockguard.processes import run_process
 from dockguard.sandbox import archive, hardening, http, names
 from dockguard.scanning.report import scanner_failed
 
@@ -104,34 +103,22 @@ class LocalTrivy:
             return report.read_bytes()
 
     async def _exec(self, args: list[str], home: str, timeout_s: float) -> bytes:
-        """Run trivy with a clean environment (no dockguard secrets) and a hard timeout."""
+        """Run trivy with a clean environment (no dockguard secrets) and a hard timeout; its own
+        process group, killed whole on timeout."""
         env = {"HOME": home, "PATH": os.defpath, "TMPDIR": home, "TRIVY_NO_PROGRESS": "true"}
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self._binary,
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                cwd=home,
-                start_new_session=True,  # its own process group, killed whole on timeout
+            done = await run_process(
+                [self._binary, *args], timeout_s=timeout_s, env=env, cwd=home, own_session=True
             )
         except OSError as exc:
             raise scanner_failed(f"starting the scanner: {exc.strerror}") from exc
-        try:
-            async with asyncio.timeout(timeout_s):
-                out, err = await proc.communicate()
         except TimeoutError as exc:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
             raise scanner_failed(f"the scanner did not finish within {timeout_s:g} s") from exc
-        if proc.returncode != 0:
-            stderr = err[-_STDERR_TAIL:].decode("utf-8", "replace")
-            log.warning("trivy failed", extra={"rc": proc.returncode, "stderr": stderr})
-            raise scanner_failed(f"the scanner exited with status {proc.returncode}")
-        return out
+        if done.returncode != 0:
+            stderr = done.stderr[-_STDERR_TAIL:].decode("utf-8", "replace")
+            log.warning("trivy failed", extra={"rc": done.returncode, "stderr": stderr})
+            raise scanner_failed(f"the scanner exited with status {done.returncode}")
+        return done.stdout
 
 
 class ContainerTrivy:
