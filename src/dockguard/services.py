@@ -96,8 +96,9 @@ async def open_dockerfile_redis(url: str) -> Redis:
 
 @dataclass
 class Services:
-    """The one composition root. The pipeline, the API and the sweeper reach the world only
-    through these fields (Protocols: see ports.py), so the unit tests can hand in fakes."""
+    """The one composition root. The pipeline and the sweeper reach the world only through the
+    Protocol-typed fields (see ports.py), so the unit tests can hand in fakes; the API uses
+    `redis` too, for the arq queue."""
 
     settings: Settings
     redis: ArqRedis

@@ -10,6 +10,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from redis.exceptions import RedisError
+
 from dockguard import base_images
 from dockguard.dockerfile import parse as parse_dockerfile
 from dockguard.errors import ErrorCode, JobFailure, SubmissionError
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 # the Redis writes, each bounded by a short timeout of its own.
 STEP_SLACK_S = 300
 ARQ_MARGIN_S = 60  # arq's own job timeout, past ours: a backstop behind the pipeline's
+_READ_BACK_TIMEOUT_S = 5
 RUNNING_MARGIN_S = 120  # the reaper's, past the job timeout: arq's timeout and cleanup first
 
 
@@ -105,8 +108,8 @@ async def _run(services: Services, job_id: str) -> str:
         failure = exc
     except StaleUpdate:
         log.info("job ended elsewhere; stopping")
-        ended = await services.store.get(job_id)
-        return "expired" if ended is None else ended.status.value
+        ended = await _status_now(services, job_id)
+        return "expired" if ended is None else ended.value
     except TimeoutError:
         if not budget.expired():  # not the job's timeout: a call that had none of its own
             log.exception("job failed on an internal error")
@@ -147,6 +150,17 @@ async def fail_lost(services: Services, job_id: str) -> bool:
     return job is not None and job.error == lost
 
 
+async def _status_now(services: Services, job_id: str) -> JobStatus | None:
+    """The status another writer gave the job, for the logs and arq's record only: None when the
+    job has expired or cannot be read back right now."""
+    try:
+        async with asyncio.timeout(_READ_BACK_TIMEOUT_S):
+            job = await services.store.get(job_id)
+    except (RedisError, TimeoutError):
+        return None
+    return None if job is None else job.status
+
+
 class _Pipeline:
     def __init__(self, services: Services, job_id: str) -> None:
         self.services = services
@@ -173,8 +187,7 @@ class _Pipeline:
             await self.update(change)
         except StaleUpdate:
             log.info("job ended elsewhere before it could be marked %s", status.value)
-            ended = await self.services.store.get(self.job_id)
-            return status if ended is None else ended.status
+            return await _status_now(self.services, self.job_id) or status
         except (ValueError, TypeError) as exc:  # the result cannot be serialised as stored JSON
             log.warning("result could not be stored", extra={"why": str(exc)[:300]})
             invalid = JobFailure(ErrorCode.RESULT_INVALID, "/data/perf.json cannot be stored")

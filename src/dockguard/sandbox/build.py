@@ -102,9 +102,10 @@ class Builder:
         body = _context_tar(labelled(dockerfile, job_id), context)
         cgroup_name = f"{job_id}-{tag.rpartition(':')[2]}"
         try:
+            # The cgroup outside the timeout: removing it after the build is not the build's time.
             async with (
-                asyncio.timeout(limits.timeout_s),
                 self._process_limit(cgroup_name, limits.pids) as cgroup_params,
+                asyncio.timeout(limits.timeout_s),
             ):
                 await self._stream(params | cgroup_params, body, progress)
         except TimeoutError as exc:

@@ -3,8 +3,9 @@ Engine, and cleanup. The modules beside this one do the work, one concern each (
 users, run, result, egress, cleanup); every container any of them creates is configured by
 `hardening.container_config`.
 
-Only `sandbox/` talks to the engine, with one exception: the scanner's container backend
-(`scanning/backends.py`), which runs Trivy through `hardening` and `archive` too."""
+Only `sandbox/` and `scanning/` talk to the engine: the scanner exports the image to scan
+through `archive.save_image`, and its container backend creates Trivy's containers with
+`hardening.container_config` and feeds them through `archive`."""
 
 from __future__ import annotations
 

@@ -70,8 +70,9 @@ async def _request(
     except TimeoutError:
         raise  # aiohttp's connect timeout is a ClientConnectionError too: it stays a timeout
     except aiohttp.ClientConnectionError as exc:
-        # aiodocker's message, with its public host URL: no credentials, and the `://` keeps
-        # build.py's _client_safe_error from showing it to the client, as before.
+        # Like aiodocker's message, but naming its public `docker_host` (`unix://localhost` for a
+        # socket) instead of the socket path; the `://` keeps build.py's _client_safe_error from
+        # showing it to the client.
         raise aiodocker.DockerError(
             900, f"Cannot connect to Docker Engine via {docker.docker_host} [{exc}]"
         ) from exc

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiodocker
+import aiohttp
 from aiodocker.volumes import DockerVolume
 
 from dockguard.errors import ErrorCode, JobFailure
 from dockguard.models import ScannerLimits
 from dockguard.processes import run_process
-from dockguard.sandbox import archive, hardening, http, names
+from dockguard.sandbox import archive, hardening, names
 from dockguard.scanning.report import scanner_failed
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 REPORT_MAX_BYTES = 64 * 1024 * 1024
 _SCANNER_UID = 65534
 _STDERR_TAIL = 2000
+_NO_READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
 
 
 class TrivyBackend(Protocol):
@@ -184,9 +186,9 @@ class ContainerTrivy:
         labels = names.labels(job_id) if job_id else {names.MANAGED_LABEL: "true"}
         volume = f"dockguard-scan-{scan_id}"
         await self._docker.volumes.create({"Name": volume, "Labels": labels})
-        config = self._config(image_id, args, volume, labels, network)
         container = None
         try:
+            config = self._config(image_id, args, volume, labels, network)
             async with asyncio.timeout(timeout_s):
                 container = await self._docker.containers.create(
                     config, name=f"dockguard-scan-{scan_id}"
@@ -209,7 +211,7 @@ class ContainerTrivy:
         """Put the scan's inputs in /work, start trivy and wait for it; its exit status."""
         await archive.put_archive(self._docker, container.id, "/work", _work_tar(work))
         await container.start()
-        status = await container.wait(timeout=http.STREAMING)
+        status = await container.wait(timeout=_NO_READ_TIMEOUT)  # bounded by the caller
         code = status.get("StatusCode")
         return code if isinstance(code, int) else None
 

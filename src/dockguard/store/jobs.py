@@ -10,13 +10,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from dockguard.models import Job, utcnow
-from dockguard.ports import DockerfileStore
 from dockguard.store.keys import DEADLINES, job_key
+
+if TYPE_CHECKING:  # the store layer does not load the sandbox (and aiodocker) at run time
+    from dockguard.ports import DockerfileStore
 
 
 class StaleUpdate(Exception):
