@@ -1,6 +1,7 @@
 """Running a trusted helper program (trivy, iptables) as a subprocess: no stdin, output
-captured, a hard timeout after which it is killed (with its whole process group when it was
-started in a session of its own, so that nothing it started outlives it)."""
+captured, in a session of its own, and a hard timeout after which its whole process group is
+killed, so that nothing it started outlives it (or holds its output pipes open, which would keep
+asyncio waiting for it)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ async def run_process(
     timeout_s: float,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
-    own_session: bool = False,
 ) -> Finished:
-    """Run `args` to its end. Raises OSError when it cannot start, TimeoutError (once it has
-    been killed and reaped) when it runs longer than `timeout_s`."""
+    """Run `args` to its end. Raises TimeoutError (once it has been killed and reaped) when it
+    runs longer than `timeout_s`, and another OSError when it cannot start. (TimeoutError is an
+    OSError: callers catch it first.)"""
     process = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
@@ -36,17 +37,14 @@ async def run_process(
         stderr=asyncio.subprocess.PIPE,
         env=None if env is None else dict(env),
         cwd=cwd,
-        start_new_session=own_session,
+        start_new_session=True,
     )
     try:
         async with asyncio.timeout(timeout_s):
             out, err = await process.communicate()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
-            if own_session:
-                os.killpg(process.pid, signal.SIGKILL)
-            else:
-                process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
         raise
     code = process.returncode

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from dockguard.errors import ErrorCode, JobFailure
 from dockguard.processes import run_process
+from dockguard.sandbox import egress
+from dockguard.scanning import LocalTrivy
 
 
 async def test_a_finished_program_gives_its_status_and_output() -> None:
@@ -34,7 +37,7 @@ async def test_a_program_past_its_timeout_is_killed_with_its_process_group(
     script = f"sleep 30 & echo $! > {pids}; sleep 30"
     started = time.monotonic()
     with pytest.raises(TimeoutError):
-        await run_process(["sh", "-c", script], timeout_s=0.5, own_session=True)
+        await run_process(["sh", "-c", script], timeout_s=0.5)
     assert time.monotonic() - started < 5
     child = int(pids.read_text())
     for _ in range(100):  # the orphan is reaped by init shortly after the kill
@@ -56,3 +59,32 @@ def _state(pid: int) -> str:
 async def test_a_program_that_cannot_start_raises_oserror() -> None:
     with pytest.raises(OSError):
         await run_process(["/nonexistent/trivy"], timeout_s=1)
+
+
+def _script(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "tool"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+async def test_a_hung_scanner_is_a_scanner_timeout_not_a_start_failure(tmp_path: Path) -> None:
+    trivy = LocalTrivy(_script(tmp_path, "exec sleep 30"), str(tmp_path))
+    with pytest.raises(JobFailure) as failure:
+        await trivy.run(["version"], timeout_s=0.3)
+    assert failure.value.code == ErrorCode.SCANNER_FAILED
+    assert failure.value.message == "the scanner did not finish within 0.3 s"
+
+
+async def test_a_scanner_that_cannot_start_says_so(tmp_path: Path) -> None:
+    trivy = LocalTrivy(str(tmp_path / "missing"), str(tmp_path))
+    with pytest.raises(JobFailure, match="starting the scanner: No such file"):
+        await trivy.run(["version"], timeout_s=5)
+
+
+async def test_a_hung_firewall_tool_is_reported_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(egress, "_IPTABLES_TIMEOUT_S", 0.3)
+    with pytest.raises(egress.EgressUnavailable, match=r"did not answer within 0\.3 s"):
+        await egress._iptables(_script(tmp_path, "sleep 30"), ["-S", "INPUT"])  # a child too

@@ -406,10 +406,10 @@ async def _delete_rules(wanted: Callable[[str], bool]) -> None:
 async def _iptables(tool: str, args: list[str]) -> str:
     try:
         done = await run_process([tool, "-w", "5", *args], timeout_s=_IPTABLES_TIMEOUT_S)
+    except TimeoutError as exc:  # before OSError, of which it is a subclass
+        raise EgressUnavailable(f"{tool} did not answer within {_IPTABLES_TIMEOUT_S} s") from exc
     except OSError as exc:
         raise EgressUnavailable(f"cannot run {tool}: {exc}") from exc
-    except TimeoutError as exc:
-        raise EgressUnavailable(f"{tool} did not answer within {_IPTABLES_TIMEOUT_S} s") from exc
     if done.returncode != 0:
         raise EgressUnavailable(
             f"{tool} {' '.join(args[:2])} failed ({done.returncode}): {done.stderr.decode()[:300]}"

@@ -105,17 +105,14 @@ class LocalTrivy:
             return report.read_bytes()
 
     async def _exec(self, args: list[str], home: str, timeout_s: float) -> bytes:
-        """Run trivy with a clean environment (no dockguard secrets) and a hard timeout; its own
-        process group, killed whole on timeout."""
+        """Run trivy with a clean environment (no dockguard secrets) and a hard timeout."""
         env = {"HOME": home, "PATH": os.defpath, "TMPDIR": home, "TRIVY_NO_PROGRESS": "true"}
         try:
-            done = await run_process(
-                [self._binary, *args], timeout_s=timeout_s, env=env, cwd=home, own_session=True
-            )
+            done = await run_process([self._binary, *args], timeout_s=timeout_s, env=env, cwd=home)
+        except TimeoutError as exc:  # before OSError, of which it is a subclass
+            raise scanner_failed(f"the scanner did not finish within {timeout_s:g} s") from exc
         except OSError as exc:
             raise scanner_failed(f"starting the scanner: {exc.strerror}") from exc
-        except TimeoutError as exc:
-            raise scanner_failed(f"the scanner did not finish within {timeout_s:g} s") from exc
         if done.returncode != 0:
             stderr = done.stderr[-_STDERR_TAIL:].decode("utf-8", "replace")
             log.warning("trivy failed", extra={"rc": done.returncode, "stderr": stderr})
