@@ -26,5 +26,7 @@ source scripts/setup.sh
 if [ "$unit_only" != yes ]; then
   # A registry on loopback (Debian's docker-registry), for the allowed-pull test.
   command -v docker-registry >/dev/null 2>&1 || apt_install docker-registry
+  # Headless Chromium (Debian's), for the docs page test (tests/e2e/test_docs_page.py).
+  command -v chromium >/dev/null 2>&1 || apt_install chromium
 fi
 exec .venv/bin/pytest "$@"

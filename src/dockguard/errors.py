@@ -3,8 +3,11 @@
     DockguardError                 code, message, http_status
     ├── SubmissionError            the request itself is unacceptable (HTTP 4xx at submission)
     │     dockerfile_empty, dockerfile_encoding, dockerfile_invalid, dockerfile_too_large,
-    │     dockerfile_forbidden, unsupported_media_type, request_invalid
+    │     dockerfile_forbidden, unsupported_media_type, request_invalid,
+    │     idempotency_key_reused (422: the Idempotency-Key came with another Dockerfile)
+    ├── QueueFull                  queue_full (429, with Retry-After): DOCKGUARD_MAX_QUEUED
     ├── JobNotFound                job_not_found (404)
+    ├── JobFinished                job_finished (409): a cancel of a job that has already ended
     ├── ServiceUnavailable         service_unavailable (503): a dependency cannot answer
     │   (the API also answers not_found 404, method_not_allowed 405 and internal_error 500 as
     │    problem documents; see api/problems.py)
@@ -13,7 +16,7 @@
           scanner_db_missing, scanner_untrusted, base_image_forbidden, build_failed,
           build_timeout, user_invalid, data_dir_invalid, run_start_failed, run_timeout,
           run_oom, run_nonzero_exit, result_missing, result_invalid, result_too_large,
-          result_not_regular_file, job_timeout, worker_lost, internal_error
+          result_not_regular_file, job_timeout, worker_lost, job_cancelled, internal_error
           (base_image_forbidden: a base image has ONBUILD triggers, which would run unscanned;
            job_timeout: the whole job outlived its deadline; worker_lost: no worker finished the
            job by its deadline, found by the sweeper)
@@ -39,6 +42,8 @@ class ErrorCode(StrEnum):
     DOCKERFILE_FORBIDDEN = "dockerfile_forbidden"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     REQUEST_INVALID = "request_invalid"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    QUEUE_FULL = "queue_full"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     JOB_NOT_FOUND = "job_not_found"
@@ -64,6 +69,8 @@ class ErrorCode(StrEnum):
     RESULT_NOT_REGULAR_FILE = "result_not_regular_file"
     JOB_TIMEOUT = "job_timeout"
     WORKER_LOST = "worker_lost"
+    JOB_CANCELLED = "job_cancelled"
+    JOB_FINISHED = "job_finished"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -76,6 +83,10 @@ class DockguardError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the problem response carries (none but for a few errors)."""
+        return {}
 
 
 class SubmissionError(DockguardError):
@@ -91,6 +102,31 @@ class JobNotFound(DockguardError):
 
     def __init__(self, job_id: str) -> None:
         super().__init__(ErrorCode.JOB_NOT_FOUND, f"no job with id {job_id!r} (unknown or expired)")
+
+
+class JobFinished(DockguardError):
+    http_status = 409
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            ErrorCode.JOB_FINISHED, f"job {job_id} has already ended ({status}); nothing to cancel"
+        )
+
+
+class QueueFull(DockguardError):
+    """Backpressure: the queue holds DOCKGUARD_MAX_QUEUED jobs; nothing was stored."""
+
+    http_status = 429
+
+    def __init__(self, max_queued: int, retry_after_s: int) -> None:
+        super().__init__(
+            ErrorCode.QUEUE_FULL,
+            f"{max_queued} jobs are waiting already; submit again in {retry_after_s} s",
+        )
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class ServiceUnavailable(DockguardError):

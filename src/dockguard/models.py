@@ -249,6 +249,18 @@ class Job(BaseModel):
     result: JobResult | None = None
 
 
+class JobList(BaseModel):
+    """What `GET /v1/jobs` answers: a page of jobs, newest first."""
+
+    jobs: list[Job]
+    next_cursor: str | None = Field(
+        description=(
+            "Pass as `cursor` to read the next page; null: there is none. A page can hold fewer "
+            "jobs than `limit` (with a status filter, even none) and still have a next one."
+        )
+    )
+
+
 class SubmitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -9,8 +9,17 @@ from collections.abc import Callable
 from typing import Protocol
 
 from dockguard.base_images import BaseImage
-from dockguard.models import BuildLimits, DbMetadata, Job, RunLimits, ScannerStatus, ScanReport
+from dockguard.models import (
+    BuildLimits,
+    DbMetadata,
+    Job,
+    JobStatus,
+    RunLimits,
+    ScannerStatus,
+    ScanReport,
+)
 from dockguard.sandbox import BuildOutcome, Prepared, RunOutcome
+from dockguard.store.listing import Page, Position
 
 
 class Sandbox(Protocol):
@@ -65,6 +74,12 @@ class JobStore(Protocol):
     async def get(self, job_id: str) -> Job | None: ...
 
     async def delete(self, job_id: str) -> None: ...
+
+    async def list_jobs(
+        self, *, status: JobStatus | None, limit: int, after: Position | None
+    ) -> Page:
+        """Up to `limit` jobs (with `status`, if given) created before `after` (None: the
+        newest), newest first; `Page.next` is where the next page starts, None at the end."""
 
     async def update(self, job_id: str, change: Callable[[Job], None]) -> Job | None:
         """Apply `change` atomically; None when the job has expired; raise StaleUpdate when the

@@ -1,7 +1,7 @@
 """Running a trusted helper program (trivy, iptables) as a subprocess: no stdin, output
-captured, in a session of its own, and a hard timeout after which its whole process group is
-killed, so that nothing it started outlives it (or holds its output pipes open, which would keep
-asyncio waiting for it)."""
+captured, in a session of its own, and a hard timeout after which (or on cancellation) its
+whole process group is killed, so that nothing it started outlives it (or holds its output
+pipes open, which would keep asyncio waiting for it)."""
 
 from __future__ import annotations
 
@@ -42,10 +42,10 @@ async def run_process(
     try:
         async with asyncio.timeout(timeout_s):
             out, err = await process.communicate()
-    except TimeoutError:
+    except BaseException:  # the timeout, or the job's cancellation: nothing may outlive it
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
+        await asyncio.shield(process.wait())
         raise
     code = process.returncode
     return Finished(returncode=-1 if code is None else code, stdout=out, stderr=err)

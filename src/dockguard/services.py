@@ -22,6 +22,7 @@ from dockguard.scanning import ContainerTrivy, LocalTrivy, TrivyBackend, TrivySc
 from dockguard.settings import Settings
 from dockguard.store import RedisDockerfileStore, RedisJobStore
 from dockguard.store.dockerfiles import cipher
+from dockguard.store.events import JobEvents
 from dockguard.store.keys import QUEUE_NAME
 from dockguard.store.scan_cache import ScanCache
 
@@ -106,6 +107,7 @@ class Services:
     dockerfiles: DockerfileStore
     scanner: Scanner
     sandbox: Sandbox
+    events: JobEvents | None = None  # the API's `?wait=` (store/events.py); not the worker's
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
     @classmethod
@@ -145,9 +147,12 @@ class Services:
             dockerfiles=dockerfiles,
             scanner=trivy_scanner(settings, docker, ScanCache(redis, settings.scan_cache_ttl_s)),
             sandbox=sandbox,
+            events=JobEvents(redis),
             closers=closers,
         )
 
     async def close(self) -> None:
+        if self.events is not None:
+            await self.events.close()
         for close in self.closers:
             await close()

@@ -24,6 +24,7 @@ class Severity(StrEnum):
 
 CommaList = Annotated[list[str], NoDecode]
 _PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+_ORIGIN = re.compile(r"^https?://[^\s/?#@]+$")
 
 
 class Settings(BaseSettings):
@@ -41,12 +42,29 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(4, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    cors_origins: CommaList = []  # browser origins allowed to call the API; empty: CORS off
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        """Origins exactly as browsers send them: one with a path (even a final `/`) would
+        silently never match."""
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list):
+            for number, origin in enumerate(value, start=1):
+                if origin != "*" and not (isinstance(origin, str) and _ORIGIN.match(origin)):
+                    raise ValueError(
+                        f"origin {number} of {len(value)} is not scheme://host[:port] or *"
+                    )
+        return value
 
     # Jobs and submissions
     job_ttl_s: int = Field(86400, ge=1)
     queue_timeout_s: int = Field(3600, ge=1)
     job_timeout_s: float = Field(0, ge=0)  # 0: the steps' timeouts together, plus 300 s
     max_dockerfile_bytes: int = Field(65536, ge=1)
+    max_queued: int = Field(1000, ge=1)  # jobs in the queue; a submission past it gets 429
 
     # Submission policy
     allowed_base_images: CommaList = []

@@ -108,6 +108,10 @@ async def test_health_readiness_and_docs(dockguard: Dockguard) -> None:
     assert (await dockguard.client.get("/docs")).status_code == 200
     spec = (await dockguard.client.get("/openapi.json")).json()
     post = spec["paths"]["/v1/jobs"]["post"]
-    assert set(post["requestBody"]["content"]) == {"application/json", "text/plain"}
+    assert set(post["requestBody"]["content"]) == {
+        "application/json",
+        "text/plain",
+        "multipart/form-data",
+    }
     assert {"400", "413", "415"} <= set(post["responses"])
     assert {"Job", "Problem", "ScanReport", "SubmitRequest"} <= set(spec["components"]["schemas"])

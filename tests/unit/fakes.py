@@ -18,6 +18,7 @@ from dockguard.models import (
     DbMetadata,
     Finding,
     Job,
+    JobStatus,
     RunLimits,
     ScannerInfo,
     ScannerStatus,
@@ -30,6 +31,7 @@ from dockguard.scanning import evaluate
 from dockguard.services import Services
 from dockguard.settings import Settings, Severity
 from dockguard.store.jobs import check_transition
+from dockguard.store.listing import Page, Position, position
 
 SCANNER = ScannerInfo(name="trivy", version="0.0-fake", backend="fake")
 POLICY = ScanPolicy(fail_on=[Severity.HIGH, Severity.CRITICAL], ignore=[])
@@ -109,6 +111,19 @@ class FakeJobStore:
     async def forget_deadline(self, job_id: str) -> None:
         self.deadlines.pop(job_id, None)
 
+    async def list_jobs(
+        self, *, status: JobStatus | None, limit: int, after: Position | None
+    ) -> Page:
+        jobs = sorted(
+            (Job.model_validate_json(raw) for raw in self.records.values()),
+            key=position,
+            reverse=True,
+        )
+        later = [j for j in jobs if after is None or position(j) < after]
+        picked = [j for j in later if status is None or j.status == status][:limit]
+        more = bool(picked) and any(position(j) < position(picked[-1]) for j in later)
+        return Page(picked, position(picked[-1]) if more and len(picked) == limit else None)
+
 
 @dataclass
 class FakeScanner:
@@ -157,6 +172,7 @@ class FakeSandbox:
     result: bytes = b'{"perf": 0.5}'
     fail: dict[str, BaseException] = field(default_factory=dict)
     hang: str | None = None
+    hanging: asyncio.Event = field(default_factory=asyncio.Event)  # set once `hang` is reached
     calls: list[str] = field(default_factory=list)
     build_limits: list[BuildLimits] = field(default_factory=list)
     run_limits: list[RunLimits] = field(default_factory=list)
@@ -164,6 +180,7 @@ class FakeSandbox:
     async def _step(self, name: str) -> None:
         self.calls.append(name)
         if name == self.hang:
+            self.hanging.set()
             await asyncio.Event().wait()
         if name in self.fail:
             raise self.fail[name]

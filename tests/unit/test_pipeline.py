@@ -5,14 +5,16 @@ real, through HTTP, in tests/e2e.)"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
 import pytest
 
-from dockguard.errors import ErrorCode, JobFailure
+from dockguard.errors import ErrorCode, JobFailure, JobFinished, JobNotFound
 from dockguard.jobs.pipeline import (
     STEP_SLACK_S,
+    cancel,
     fail_lost,
     job_timeout_s,
     queued_deadline_s,
@@ -293,3 +295,41 @@ def test_the_job_timeout_is_every_step_timeout_plus_slack_unless_set() -> None:
     assert running_deadline_s(s) > job_timeout_s(s)
     assert queued_deadline_s(s) == s.queue_timeout_s + running_deadline_s(s)
     assert job_timeout_s(settings(job_timeout_s=42)) == 42
+
+
+async def test_cancel_ends_a_queued_job_and_a_worker_then_leaves_it_alone() -> None:
+    f = fakes()
+    job_id = await submitted(f)
+    job = await cancel(f.services, job_id)
+    assert_ended(job, JobStatus.CANCELLED, ErrorCode.JOB_CANCELLED)
+    assert job_id in f.dockerfiles.released and job_id not in f.store.deadlines
+    assert await run_job(f.services, job_id) == "cancelled"
+    assert f.sandbox.calls == [] and f.scanner.scanned == []
+
+
+async def test_cancel_of_an_ended_or_unknown_job_is_refused() -> None:
+    f = fakes()
+    job_id = await submitted(f)
+    await run_job(f.services, job_id)
+    with pytest.raises(JobFinished):
+        await cancel(f.services, job_id)
+    ended = await f.store.get(job_id)
+    assert ended is not None and ended.status == JobStatus.SUCCEEDED
+    with pytest.raises(JobNotFound):
+        await cancel(f.services, uuid.uuid4().hex)
+
+
+async def test_a_running_job_whose_task_is_cancelled_is_cleaned_up_and_stays_cancelled() -> None:
+    f = fakes()
+    f.sandbox.hang = "run"
+    job_id = await submitted(f)
+    task = asyncio.create_task(run_job(f.services, job_id))
+    await f.sandbox.hanging.wait()
+    await cancel(f.services, job_id)  # what the API does, then arq's abort cancels the task
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert f.sandbox.calls[-1] == "cleanup"
+    job = await f.store.get(job_id)
+    assert job is not None
+    assert_ended(job, JobStatus.CANCELLED, ErrorCode.JOB_CANCELLED)

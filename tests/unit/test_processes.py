@@ -88,3 +88,19 @@ async def test_a_hung_firewall_tool_is_reported_as_such(
     monkeypatch.setattr(egress, "_IPTABLES_TIMEOUT_S", 0.3)
     with pytest.raises(egress.EgressUnavailable, match=r"did not answer within 0\.3 s"):
         await egress._iptables(_script(tmp_path, "sleep 30"), ["-S", "INPUT"])  # a child too
+
+
+async def test_a_cancelled_program_is_killed_with_its_process_group(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    task = asyncio.create_task(
+        run_process(["sh", "-c", f"echo $$ > {pids}; sleep 30"], timeout_s=60)
+    )
+    for _ in range(500):  # the shell has started once it has written its pid
+        if pids.exists() and pids.read_text().strip():
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    shell = int(pids.read_text())
+    assert not Path(f"/proc/{shell}").exists() or _state(shell) == "Z"

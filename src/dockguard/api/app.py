@@ -19,7 +19,7 @@ from dockguard.models import SubmitRequest
 from dockguard.services import Services
 from dockguard.settings import Settings
 
-from . import problems
+from . import docs, headers, problems
 from .routes import router
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,14 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
         version=__version__,
         summary="Scan, build and run untrusted Dockerfiles in a hardened sandbox.",
         lifespan=lifespan,
+        docs_url=None,  # docs.py serves both pages without a CDN
+        redoc_url=None,
     )
     problems.install(app)
     app.include_router(router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    docs.install(app)
+    headers.install(app, settings.cors_origins)  # after problems: it covers their 500 answer
 
     @app.middleware("http")
     async def request_id(

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
 
-def problem_response(status: int, code: str, detail: str) -> JSONResponse:
+def problem_response(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     problem = Problem(
         type=f"urn:dockguard:error:{code}",
         title=HTTPStatus(status).phrase,
@@ -30,7 +32,9 @@ def problem_response(status: int, code: str, detail: str) -> JSONResponse:
         detail=detail,
         code=code,
     )
-    return JSONResponse(problem.model_dump(), status_code=status, media_type=PROBLEM_JSON)
+    return JSONResponse(
+        problem.model_dump(), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -55,7 +59,7 @@ _HTTP_CODES = {
 def install(app: FastAPI) -> None:
     @app.exception_handler(DockguardError)
     async def _dockguard(_: Request, exc: DockguardError) -> JSONResponse:
-        return problem_response(exc.http_status, exc.code.value, exc.message)
+        return problem_response(exc.http_status, exc.code.value, exc.message, exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

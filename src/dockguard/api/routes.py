@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from arq.jobs import Job as ArqJob
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 
 from dockguard import dockerfile as dockerfile_parser
 from dockguard import submission_policy
@@ -21,18 +23,26 @@ from dockguard.errors import (
     ServiceUnavailable,
     SubmissionError,
 )
+from dockguard.jobs import pipeline
 from dockguard.jobs.pipeline import queued_deadline_s
 from dockguard.jobs.worker import TASK
-from dockguard.models import Job, ScannerStatus, SubmitRequest
-from dockguard.services import Services
+from dockguard.models import Job, JobList, JobStatus, ScannerStatus, SubmitRequest
+from dockguard.services import Services, deserialize
+from dockguard.store import listing
+from dockguard.store.keys import QUEUE_NAME
 
+from . import multipart, submissions
 from .problems import problem_response, problem_responses
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_WAIT_S = 60.0
+_ABORT_POLL_S = 0.01
 _JSON_OVERHEAD = 6  # worst-case JSON escaping: one byte of text can take six (\u0000)
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
 
 
 def get_services(request: Request) -> Services:
@@ -60,13 +70,59 @@ PolicyDep = Annotated[submission_policy.SubmissionPolicy, Depends(get_submission
 _SUBMIT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "The Dockerfile, as JSON or as the plain-text body itself.",
+        "description": (
+            "The Dockerfile: as JSON, as the plain-text body itself, or as the one field "
+            "`dockerfile` of a form (`curl -F dockerfile=@Dockerfile`)."
+        ),
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/SubmitRequest"}},
             "text/plain": {"schema": {"type": "string"}, "example": "FROM busybox\n..."},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [multipart.FIELD],
+                    "properties": {
+                        multipart.FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The Dockerfile (a file or a plain field).",
+                        }
+                    },
+                    "additionalProperties": False,
+                }
+            },
         },
-    }
+    },
+    "parameters": [
+        {
+            "name": submissions.IDEMPOTENCY_KEY_HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            "description": (
+                "1-200 printable ASCII characters. Submitting again with the same key and the "
+                "same Dockerfile within the job TTL answers 200 with the first job instead of "
+                "making another; with another Dockerfile, 422 `idempotency_key_reused`."
+            ),
+        }
+    ],
 }
+_REPLAYED: dict[int | str, dict[str, Any]] = {
+    200: {"model": Job, "description": "The job an earlier submission with this key made."}
+}
+
+
+WaitQuery = Annotated[
+    float | None,
+    Query(
+        gt=0,
+        le=MAX_WAIT_S,
+        description=(
+            f"Long-poll: answer as soon as the job has ended, or after this many seconds "
+            f"(0 < wait ≤ {MAX_WAIT_S:g}) with the job as it is then. Without it: at once."
+        ),
+    ),
+]
 
 
 @router.post(
@@ -76,20 +132,33 @@ _SUBMIT_BODY: dict[str, Any] = {
     summary="Submit a Dockerfile",
     description=(
         "Stores the Dockerfile and queues a job that scans it, builds it, runs the image in the "
-        "sandbox and collects `/data/perf.json`. Returns at once; poll the `Location`. "
-        "A Dockerfile the submission policy forbids is refused with 400 `dockerfile_forbidden`."
+        "sandbox and collects `/data/perf.json`. Returns at once (poll the `Location`), or, "
+        "with `wait`, as soon as the job has ended. "
+        "A Dockerfile the submission policy forbids is refused with 400 `dockerfile_forbidden`. "
+        "While `DOCKGUARD_MAX_QUEUED` jobs are in the queue: 429 `queue_full` with "
+        "`Retry-After`, and nothing is stored."
     ),
     openapi_extra=_SUBMIT_BODY,
-    responses=problem_responses(400, 413, 415, 422, 503),
+    responses={**_REPLAYED, **problem_responses(400, 413, 415, 422, 429, 503)},
 )
-async def submit_job(request: Request, services: ServicesDep, policy: PolicyDep) -> JSONResponse:
+async def submit_job(
+    request: Request, services: ServicesDep, policy: PolicyDep, wait: WaitQuery = None
+) -> JSONResponse:
+    headers = request.headers.getlist(submissions.IDEMPOTENCY_KEY_HEADER)
+    key = submissions.check_idempotency_key(headers)
     limit = services.settings.max_dockerfile_bytes
     body = await _dockerfile_bytes(request, limit)
     parsed = dockerfile_parser.parse(body, limit)
     submission_policy.check(parsed, policy)
     job = Job(id=uuid.uuid4().hex, dockerfile_sha256=parsed.sha256, dockerfile_bytes=len(body))
     settings = services.settings
+    once = submissions.idempotency(services, key, parsed.sha256, job.id)
+    if once is not None and (earlier := await once.earlier_job()) is not None:
+        return _job_response(earlier, 200)
+    await submissions.check_queue(services.redis, settings.max_queued)
     await services.store.create(job, parsed.text, deadline_s=queued_deadline_s(settings))
+    if once is not None and (earlier := await once.claim_or_earlier()) is not None:
+        return _job_response(earlier, 200)  # a concurrent submission with the key came first
     try:
         # A job no worker starts within the queue timeout is dropped by arq, and failed
         # `worker_lost` by the sweeper when its deadline passes.
@@ -98,10 +167,18 @@ async def submit_job(request: Request, services: ServicesDep, policy: PolicyDep)
         )
     except Exception:  # the store write is undone, so a job is either queued or not stored
         await services.store.delete(job.id)
+        if once is not None:
+            await once.release()
         raise
     log.info("job queued", extra={"job_id": job.id, "bytes": job.dockerfile_bytes})
+    if wait is not None:  # long-poll the new job, as GET ?wait= does
+        job = await _read_job(services, job.id, wait) or job
+    return _job_response(job, 202)
+
+
+def _job_response(job: Job, status: int) -> JSONResponse:
     return JSONResponse(
-        job.model_dump(mode="json"), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
+        job.model_dump(mode="json"), status_code=status, headers={"Location": f"/v1/jobs/{job.id}"}
     )
 
 
@@ -109,6 +186,8 @@ async def _dockerfile_bytes(request: Request, limit: int) -> bytes:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "text/plain":
         return await _read_capped(request, limit)
+    if media_type == "multipart/form-data":
+        return await multipart.read_dockerfile(request, limit)
     if media_type == "application/json":
         raw = await _read_capped(request, limit * _JSON_OVERHEAD + 1024)
         try:
@@ -126,7 +205,7 @@ async def _dockerfile_bytes(request: Request, limit: int) -> bytes:
             ) from None
     raise SubmissionError(
         ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-        "send the Dockerfile as text/plain or as application/json",
+        "send the Dockerfile as text/plain, application/json or multipart/form-data",
         http_status=415,
     )
 
@@ -155,13 +234,89 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     "/v1/jobs/{job_id}",
     response_model=Job,
     summary="Read a job",
-    responses=problem_responses(404),
+    description=(
+        "The job as it is now; with `wait`, as soon as it has ended (or when `wait` seconds "
+        "have passed), without polling: the answer comes within milliseconds of the end."
+    ),
+    responses=problem_responses(404, 422),
 )
-async def get_job(job_id: str, services: ServicesDep) -> Job:
-    job = await services.store.get(job_id) if _JOB_ID.match(job_id) else None
+async def get_job(job_id: str, services: ServicesDep, wait: WaitQuery = None) -> Job:
+    job = await _read_job(services, job_id, wait)
     if job is None:
         raise JobNotFound(job_id[:64])
     return job
+
+
+async def _read_job(services: Services, job_id: str, wait_s: float | None) -> Job | None:
+    if not _JOB_ID.match(job_id):
+        return None
+    if wait_s is None or services.events is None:
+        return await services.store.get(job_id)
+    return await services.events.wait_ended(job_id, wait_s, lambda: services.store.get(job_id))
+
+
+@router.delete(
+    "/v1/jobs/{job_id}",
+    status_code=202,
+    response_model=Job,
+    summary="Cancel a job",
+    description=(
+        "Ends the job as `cancelled` (`error.code` `job_cancelled`) at once. A queued job never "
+        "starts; a running scan, build or container is stopped within seconds and everything "
+        "the job created in the engine is removed. A job that has already ended: 409 "
+        "`job_finished`."
+    ),
+    responses=problem_responses(404, 409),
+)
+async def cancel_job(job_id: str, services: ServicesDep) -> JSONResponse:
+    if not _JOB_ID.match(job_id):
+        raise JobNotFound(job_id[:64])
+    job = await pipeline.cancel(services, job_id)
+    # arq's abort: a queued arq job is dropped before it starts, a running one's task cancelled
+    # (the worker's `finally` then cleans up). Not waited for: the job has ended already.
+    arq_job = ArqJob(job_id, services.redis, _queue_name=QUEUE_NAME, _deserializer=deserialize)
+    with contextlib.suppress(TimeoutError):
+        await arq_job.abort(timeout=0, poll_delay=_ABORT_POLL_S)
+    return JSONResponse(job.model_dump(mode="json"), status_code=202)
+
+
+def _check_cursor(cursor: str | None) -> str | None:
+    if cursor is not None:
+        listing.decode_cursor(cursor)  # ValueError: a 422 `request_invalid`, like the others
+    return cursor
+
+
+StatusQuery = Annotated[
+    JobStatus | None, Query(description="Only jobs with this status (a page may then be short).")
+]
+LimitQuery = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Most jobs on the page.")]
+CursorQuery = Annotated[
+    str | None,
+    Query(description="`next_cursor` of the previous page; none: the newest jobs."),
+    AfterValidator(_check_cursor),
+]
+
+
+@router.get(
+    "/v1/jobs",
+    response_model=JobList,
+    summary="List jobs, newest first",
+    description=(
+        "A page of jobs still stored (within the job TTL), newest first. Follow `next_cursor` "
+        "until it is null: no job is repeated or skipped, however many are submitted meanwhile."
+    ),
+    responses=problem_responses(422),
+)
+async def list_jobs(
+    services: ServicesDep,
+    status: StatusQuery = None,
+    limit: LimitQuery = DEFAULT_PAGE,
+    cursor: CursorQuery = None,
+) -> JobList:
+    after = None if cursor is None else listing.decode_cursor(cursor)
+    page = await services.store.list_jobs(status=status, limit=limit, after=after)
+    next_cursor = None if page.next is None else listing.encode_cursor(page.next)
+    return JobList(jobs=page.jobs, next_cursor=next_cursor)
 
 
 @router.get(

@@ -1,6 +1,7 @@
 """One job, start to end: scan the Dockerfile → build → prepare → run → collect → clean up.
 
-Every status change of a job happens in this module, through `JobStore.update`. The pipeline is
+Every status change of a job happens in this module, through `JobStore.update` (the reaper's
+`fail_lost` and the API's `cancel` included). The pipeline is
 safe to run twice for the same job (arq retries jobs whose worker stopped): it starts by removing
 whatever an earlier attempt left in the engine, and a job that already ended is left alone."""
 
@@ -14,7 +15,7 @@ from redis.exceptions import RedisError
 
 from dockguard import base_images
 from dockguard.dockerfile import parse as parse_dockerfile
-from dockguard.errors import ErrorCode, JobFailure, SubmissionError
+from dockguard.errors import ErrorCode, JobFailure, JobFinished, JobNotFound, SubmissionError
 from dockguard.logs import job_id_var
 from dockguard.models import (
     BuildInfo,
@@ -148,6 +149,26 @@ async def fail_lost(services: Services, job_id: str) -> bool:
     except StaleUpdate:
         return False
     return job is not None and job.error == lost
+
+
+async def cancel(services: Services, job_id: str) -> Job:
+    """End a job at a client's request (`cancelled`, `job_cancelled`) and let its Dockerfile go.
+    Raises JobNotFound, or JobFinished when it had already ended. A worker running it stops at
+    its next step (its status writes fail) or at once when arq aborts its task (the API asks
+    arq to); its `finally` removes what it created."""
+    cancelled = ErrorInfo(code=ErrorCode.JOB_CANCELLED.value, message="a client cancelled the job")
+
+    def change(job: Job) -> None:
+        if job.status.terminal:
+            raise JobFinished(job.id, job.status.value)
+        job.status, job.error = JobStatus.CANCELLED, cancelled
+
+    job = await services.store.update(job_id, change)
+    if job is None:
+        raise JobNotFound(job_id)
+    await services.dockerfiles.release(job_id)
+    log.info("job cancelled", extra={"job_id": job_id})
+    return job
 
 
 async def _status_now(services: Services, job_id: str) -> JobStatus | None:

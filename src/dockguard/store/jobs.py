@@ -1,8 +1,12 @@
 """Job records in Redis. A record is written by `create`, changed only by `update` (atomic, and
 a job's status only moves forward), and removed by `delete` (only when the API could not queue
-the job) or by its TTL. Beside the records, a sorted set holds the deadline of every unfinished
-job, so that the reaper can fail a job that no worker finished in time (`worker_lost`): `create`
-and `set_deadline` write it, `update` to a terminal status and `forget_deadline` clear it.
+the job, or another submission with its Idempotency-Key came first) or by its TTL.
+Beside the records, a sorted set holds the deadline of every unfinished job, so that the
+reaper can fail a job that no worker finished in time (`worker_lost`): `create` and
+`set_deadline` write it, `update` to a terminal status and `forget_deadline` clear it. An
+`update` to a terminal status also publishes the job's id (see events.py)
+A second sorted set indexes every job by creation time for `list_jobs` (see listing.py): `create`
+adds to it (and trims what is older than the TTL), `delete` and listing remove from it.
 (Every Redis key is built in keys.py.)"""
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from typing import TYPE_CHECKING
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
-from dockguard.models import Job, utcnow
-from dockguard.store.keys import DEADLINES, job_key
+from dockguard.models import Job, JobStatus, utcnow
+from dockguard.store import listing
+from dockguard.store.keys import DEADLINES, JOB_ENDED_CHANNEL, JOBS, job_key
 
 if TYPE_CHECKING:  # the store layer does not load the sandbox (and aiodocker) at run time
     from dockguard.ports import DockerfileStore
@@ -47,6 +52,10 @@ class RedisJobStore:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(job_key(job.id), job.model_dump_json(), ex=self._ttl_s)
                 pipe.zadd(DEADLINES, {job.id: time.time() + deadline_s})
+                created_us = listing.created_us(job.created_at)
+                pipe.zadd(JOBS, {job.id: created_us})
+                # Entries older than the TTL (and a minute) point at expired records.
+                pipe.zremrangebyscore(JOBS, "-inf", f"({created_us - (self._ttl_s + 60) * 10**6}")
                 await pipe.execute()
         except BaseException:
             with suppress(RedisError):  # it expires with the TTL anyway
@@ -60,7 +69,14 @@ class RedisJobStore:
     async def delete(self, job_id: str) -> None:
         await self._redis.delete(job_key(job_id))
         await self._redis.zrem(DEADLINES, job_id)
+        await self._redis.zrem(JOBS, job_id)
         await self._dockerfiles.delete(job_id)
+
+    async def list_jobs(
+        self, *, status: JobStatus | None, limit: int, after: listing.Position | None
+    ) -> listing.Page:
+        """Up to `limit` jobs created before `after` (None: the newest), newest first."""
+        return await listing.page(self._redis, status=status, limit=limit, after=after)
 
     async def set_deadline(self, job_id: str, deadline_s: float) -> None:
         """A worker took the job: it must end within `deadline_s` from now."""
@@ -101,6 +117,7 @@ class RedisJobStore:
                     pipe.set(key, record, keepttl=True)
                     if job.status.terminal:
                         pipe.zrem(DEADLINES, job_id)
+                        pipe.publish(JOB_ENDED_CHANNEL, job_id)  # wakes `?wait=` (events.py)
                     await pipe.execute()
                     return job
                 except WatchError:

@@ -7,6 +7,8 @@ PREFIX = "dockguard"
 QUEUE_NAME = f"{PREFIX}:queue"
 DB_REFRESH_LOCK = f"{PREFIX}:scanner:db-refresh-lock"
 DEADLINES = f"{PREFIX}:deadlines"  # sorted set: id of each unfinished job → its Unix deadline
+JOBS = f"{PREFIX}:jobs"  # sorted set: id of every stored job → its creation time in µs
+JOB_ENDED_CHANNEL = f"{PREFIX}:job-ended"  # pub/sub: the id of each job that just ended
 
 
 def job_key(job_id: str) -> str:
@@ -15,6 +17,11 @@ def job_key(job_id: str) -> str:
 
 def dockerfile_key(job_id: str) -> str:
     return f"{PREFIX}:dockerfile:{job_id}"
+
+
+def idempotency_key(key_sha256: str) -> str:
+    """An Idempotency-Key's record, by the sha256 of the client's key (any length, any text)."""
+    return f"{PREFIX}:idempotency:{key_sha256}"
 
 
 def dockerfile_scan_key(sha256: str, scanner_version: str) -> str:

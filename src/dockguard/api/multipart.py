@@ -1,0 +1,130 @@
+"""`multipart/form-data` submissions (`curl -F dockerfile=@Dockerfile`), parsed by python-multipart
+as the body streams in: nothing but the one `dockerfile` part is kept, and that part is refused
+(413) as soon as it passes the Dockerfile limit, the whole body as soon as it passes the limit
+plus `FRAMING_BYTES`, before the rest of it has been read."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from python_multipart import MultipartParser
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import parse_options_header
+from starlette.requests import Request
+
+from dockguard.errors import ErrorCode, SubmissionError
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+FIELD = "dockerfile"
+FRAMING_BYTES = 16 * 1024  # boundaries and part headers; python-multipart caps each header line
+_IDENTITY_ENCODINGS = frozenset({b"", b"7bit", b"8bit", b"binary"})
+
+
+def _invalid(why: str) -> SubmissionError:
+    return SubmissionError(
+        ErrorCode.REQUEST_INVALID, f"{why}; send one form field, `{FIELD}`, holding the Dockerfile"
+    )
+
+
+def _too_large(what: str, limit: int) -> SubmissionError:
+    return SubmissionError(
+        ErrorCode.DOCKERFILE_TOO_LARGE, f"{what} is larger than the {limit}-byte limit", 413
+    )
+
+
+class _Form:
+    """python-multipart's callbacks: keep the `dockerfile` part, refuse anything else."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.dockerfile: bytearray | None = None
+        self.ended = False
+        self._headers: dict[bytes, bytes] = {}
+        self._field = bytearray()
+        self._value = bytearray()
+        self._in_dockerfile = False
+
+    def on_part_begin(self) -> None:
+        self._headers = {}
+        self._in_dockerfile = False
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[bytes(self._field).strip().lower()] = bytes(self._value).strip()
+        self._field.clear()
+        self._value.clear()
+
+    def on_headers_finished(self) -> None:
+        disposition, options = parse_options_header(self._headers.get(b"content-disposition"))
+        name = options.get(b"name")
+        if disposition != b"form-data" or name is None:
+            raise _invalid("a part has no Content-Disposition: form-data with a name")
+        if name.decode("latin-1") != FIELD:
+            raise _invalid(f"unexpected form field {name.decode('latin-1')[:64]!r}")
+        if self.dockerfile is not None:
+            raise _invalid(f"more than one `{FIELD}` field")
+        encoding = self._headers.get(b"content-transfer-encoding", b"").lower()
+        if encoding not in _IDENTITY_ENCODINGS:
+            raise _invalid(f"Content-Transfer-Encoding {encoding.decode('latin-1')[:32]!r}")
+        self.dockerfile = bytearray()
+        self._in_dockerfile = True
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_dockerfile and self.dockerfile is not None:
+            if len(self.dockerfile) + (end - start) > self.limit:
+                raise _too_large("the Dockerfile", self.limit)
+            self.dockerfile += data[start:end]
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
+async def read_dockerfile(request: Request, limit: int) -> bytes:
+    """The `dockerfile` field's bytes, read while the body streams in, never more than `limit`
+    of them nor `limit` + FRAMING_BYTES of the body."""
+    _, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise _invalid("the multipart/form-data Content-Type has no boundary")
+    body_limit = limit + FRAMING_BYTES
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > body_limit:
+        raise _too_large("the request body", body_limit)
+    form = _Form(limit)
+    try:
+        parser = MultipartParser(boundary, _callbacks(form))
+    except FormParserError:
+        raise _invalid("the multipart boundary is too long") from None
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > body_limit:
+            raise _too_large("the request body", body_limit)
+        try:
+            parser.write(chunk)
+        except FormParserError:
+            raise _invalid("the body is not valid multipart/form-data") from None
+    if not form.ended:
+        raise _invalid("the multipart body ends before its closing boundary")
+    if form.dockerfile is None:
+        raise _invalid(f"no `{FIELD}` field")
+    return bytes(form.dockerfile)
+
+
+def _callbacks(form: _Form) -> MultipartCallbacks:
+    return {
+        "on_part_begin": form.on_part_begin,
+        "on_header_field": form.on_header_field,
+        "on_header_value": form.on_header_value,
+        "on_header_end": form.on_header_end,
+        "on_headers_finished": form.on_headers_finished,
+        "on_part_data": form.on_part_data,
+        "on_end": form.on_end,
+    }

@@ -1,0 +1,107 @@
+"""What `POST /v1/jobs` decides beside the Dockerfile itself: the Idempotency-Key (a retried
+submission gets its first job back) and backpressure (a full queue refuses new jobs)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from dockguard.errors import ErrorCode, QueueFull, SubmissionError
+from dockguard.models import Job
+from dockguard.ports import JobStore
+from dockguard.services import Services
+from dockguard.store.idempotency import Claim, IdempotencyKeys
+from dockguard.store.keys import QUEUE_NAME
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+RETRY_AFTER_S = 10  # what a refused client is told to wait; jobs take seconds to minutes
+_KEY = re.compile(r"^[\x20-\x7e]{1,200}$")  # an HTTP structured-field string's characters
+
+
+def check_idempotency_key(values: list[str]) -> str | None:
+    """The request's Idempotency-Key: None when it has none; 400 `request_invalid` unless it is
+    one header of 1-200 printable ASCII characters."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise SubmissionError(ErrorCode.REQUEST_INVALID, "send one Idempotency-Key header")
+    if not _KEY.match(values[0]):
+        raise SubmissionError(
+            ErrorCode.REQUEST_INVALID,
+            "the Idempotency-Key must be 1-200 printable ASCII characters",
+        )
+    return values[0]
+
+
+def fingerprint(dockerfile_sha256: str) -> str:
+    """What a repeated submission must match: the Dockerfile (whichever way it was sent) and the
+    submission's parameters (none yet; per-job limits, when they come, go in here too)."""
+    parameters: dict[str, object] = {}
+    canonical = json.dumps({"dockerfile_sha256": dockerfile_sha256, "parameters": parameters})
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Idempotency:
+    """One submission's Idempotency-Key: `claim` is its fingerprint and its (new) job's id."""
+
+    keys: IdempotencyKeys
+    store: JobStore
+    key: str
+    claim: Claim
+
+    async def earlier_job(self) -> Job | None:
+        """The job an earlier submission with this key made, or None when there is none (any
+        longer). 422 `idempotency_key_reused` when that submission was another one."""
+        earlier = await self.keys.get(self.key)
+        return None if earlier is None else await self._job_of(earlier)
+
+    async def claim_or_earlier(self) -> Job | None:
+        """Claim the key for our job (stored, not queued yet): None when claimed. Else the job
+        of the submission that claimed it first, ours deleted (as on a 422)."""
+        try:
+            while (earlier := await self.keys.claim(self.key, self.claim)) is not None:
+                if (job := await self._job_of(earlier)) is not None:
+                    await self.store.delete(self.claim.job_id)
+                    return job
+        except BaseException:
+            await self.store.delete(self.claim.job_id)
+            raise
+        return None
+
+    async def release(self) -> None:
+        """Our job could not be queued: the key is free again."""
+        await self.keys.release(self.key, self.claim)
+
+    async def _job_of(self, earlier: Claim) -> Job | None:
+        if earlier.fingerprint != self.claim.fingerprint:
+            raise SubmissionError(
+                ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                "this Idempotency-Key came with another submission; use a new key",
+                http_status=422,
+            )
+        job = await self.store.get(earlier.job_id)
+        if job is None:  # it expired, or could not be queued: the key is free
+            await self.keys.release(self.key, earlier)
+        return job
+
+
+def idempotency(
+    services: Services, key: str | None, dockerfile_sha256: str, job_id: str
+) -> Idempotency | None:
+    if key is None:
+        return None
+    keys = IdempotencyKeys(services.redis, services.settings.job_ttl_s)
+    return Idempotency(keys, services.store, key, Claim(fingerprint(dockerfile_sha256), job_id))
+
+
+async def check_queue(redis: Redis, max_queued: int) -> None:
+    """429 `queue_full` while arq's queue (a sorted set: ZCARD is O(1)) holds `max_queued` jobs:
+    those waiting, and those a worker has taken but not finished. A check, not a reservation:
+    concurrent submissions can pass it together and exceed the bound by a few."""
+    if await redis.zcard(QUEUE_NAME) >= max_queued:
+        raise QueueFull(max_queued, RETRY_AFTER_S)
