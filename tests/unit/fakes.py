@@ -30,7 +30,7 @@ from dockguard.sandbox import BuildOutcome, Prepared, RunOutcome
 from dockguard.scanning import evaluate
 from dockguard.services import Services
 from dockguard.settings import Settings, Severity
-from dockguard.store.jobs import check_transition
+from dockguard.store.jobs import changed
 from dockguard.store.listing import Page, Position, position
 
 SCANNER = ScannerInfo(name="trivy", version="0.0-fake", backend="fake")
@@ -89,12 +89,7 @@ class FakeJobStore:
         before = await self.get(job_id)
         if before is None:
             return None
-        job = before.model_copy(deep=True)
-        change(job)
-        check_transition(before, job)
-        job.updated_at = utcnow()
-        if job.status.terminal and job.finished_at is None:
-            job.finished_at = job.updated_at
+        job = changed(before, change)
         self.records[job_id] = job.model_dump_json()
         if job.status.terminal:
             self.deadlines.pop(job_id, None)

@@ -105,13 +105,7 @@ class RedisJobStore:
                     raw = await pipe.get(key)
                     if raw is None:
                         return None
-                    before = Job.model_validate_json(raw)
-                    job = before.model_copy(deep=True)
-                    change(job)
-                    check_transition(before, job)
-                    job.updated_at = utcnow()
-                    if job.status.terminal and job.finished_at is None:
-                        job.finished_at = job.updated_at
+                    job = changed(Job.model_validate_json(raw), change)
                     record = job.model_dump_json()  # may raise: nothing is written then
                     pipe.multi()
                     pipe.set(key, record, keepttl=True)
@@ -122,6 +116,19 @@ class RedisJobStore:
                     return job
                 except WatchError:
                     continue
+
+
+def changed(before: Job, change: Callable[[Job], None]) -> Job:
+    """`before` with `change` applied to a copy and the timestamps set; raises StaleUpdate when
+    the change would move the status backwards or out of a terminal status. (Pure: shared with
+    the unit tests' in-memory store, so both keep one rule.)"""
+    job = before.model_copy(deep=True)
+    change(job)
+    check_transition(before, job)
+    job.updated_at = utcnow()
+    if job.status.terminal and job.finished_at is None:
+        job.finished_at = job.updated_at
+    return job
 
 
 def check_transition(before: Job, after: Job) -> None:
