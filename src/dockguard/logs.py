@@ -14,6 +14,7 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
+    "asctime",  # set by Formatter.format
     "color_message",  # uvicorn's ANSI-coloured copy of msg
 }
 
@@ -49,9 +50,22 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        job_id = getattr(record, "job_id", None)
-        return f"{line} job_id={job_id}" if job_id else line
+        """The line, then every extra field as key=value (values quoted when they need it),
+        then the traceback if any."""
+        line = super().format(record)  # appends exc_text after a newline
+        head, sep, trace = line.partition("\n")
+        fields = " ".join(
+            f"{key}={_quoted(value)}"
+            for key, value in record.__dict__.items()
+            if key not in _RESERVED and value is not None
+        )
+        return f"{head} {fields}{sep}{trace}" if fields else line
+
+
+def _quoted(value: object) -> str:
+    text = str(value)
+    plain = text and text.isprintable() and not any(c in text for c in ' "=')
+    return text if plain else json.dumps(text)
 
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:

@@ -28,10 +28,21 @@ import uvicorn
 from redis.asyncio import Redis
 
 from dockguard.api import create_app
+from dockguard.logs import TextFormatter
 from dockguard.sandbox import names
 from dockguard.services import Services
 from dockguard.settings import Settings
 from tests.trivydb import Vulnerability, write_db
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A failing test's captured log shows each record's extra fields (the `why` of an error),
+    as the service's text log format does; pytest's own format drops them."""
+    plugin = session.config.pluginmanager.get_plugin("logging-plugin")
+    if plugin is not None:
+        plugin.report_handler.setFormatter(TextFormatter())
+        plugin.caplog_handler.setFormatter(TextFormatter())
+
 
 TERMINAL = {"succeeded", "failed", "rejected", "cancelled"}
 BASE_IMAGES = ("busybox:latest", "debian:bookworm-slim")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -252,3 +253,26 @@ async def test_bridge_is_an_explicit_warned_opt_in(
     assert any("BUILD_NETWORK=bridge" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="DOCKGUARD_BUILD_EGRESS_ALLOW"):
         Settings(build_egress_allow="deb.debian.org,http://evil/")
+
+
+async def test_overlapping_jobs_set_up_and_remove_their_networks_without_a_fault(
+    docker: aiodocker.Docker,
+) -> None:
+    """Jobs whose egress networks come and go at overlapping times: one job's set-up prunes
+    the host rules of finished jobs while another's cleanup removes the same rules, and every
+    set-up still succeeds (two removals of one rule once failed a job as internal_error), every
+    job's rule stays in place while its network lives, and nothing is left."""
+    gate = egress.Egress(docker, ["deb.debian.org"], egress.DEFAULT_IMAGE)
+    jobs = [uuid.uuid4().hex for _ in range(12)]
+    held: dict[str, list[str]] = {}
+
+    async def one(index: int, job_id: str) -> None:
+        await asyncio.sleep(0.15 * index)  # set-ups overlap earlier jobs' lifetimes and ends
+        async with gate.network(job_id):
+            held[job_id] = firewall_rules(job_id)
+            await asyncio.sleep(0.1 * (index % 4))
+            assert firewall_rules(job_id) == held[job_id]
+
+    await asyncio.gather(*(one(i, job_id) for i, job_id in enumerate(jobs)))
+    assert all(len(rules) == 3 for rules in held.values()), held  # bridge (v4, v6) + proxy (v4)
+    await assert_nothing_left(docker, *({"id": job_id} for job_id in jobs))

@@ -78,7 +78,7 @@ class EgressUnavailable(Exception):
 
 
 def network_name(job_id: str) -> str:
-    return f"dockguard-{job_id}-build"
+    return f"{names.OBJECT_PREFIX}{job_id}-build"
 
 
 def bridge_name(job_id: str) -> str:
@@ -86,7 +86,7 @@ def bridge_name(job_id: str) -> str:
 
 
 def proxy_name(job_id: str) -> str:
-    return f"dockguard-{job_id}-proxy"
+    return f"{names.OBJECT_PREFIX}{job_id}-proxy"
 
 
 def proxy_build_args() -> dict[str, str]:
@@ -376,31 +376,57 @@ async def _firewall(job_id: str, match: list[str], *, ipv6: bool = True) -> None
 async def remove_firewall(job_id: str) -> None:
     """Remove the job's INPUT rules on the engine host (cleanup removes its proxy and network
     by label, see cleanup.py)."""
-    await _delete_rules(lambda comment: comment == _comment(job_id))
+    for tool in _TOOLS:
+        await _delete_rules(tool, await _rules(tool), lambda comment: comment == _comment(job_id))
 
 
 async def prune_firewall(docker: aiodocker.Docker) -> None:
     """Remove the rules of jobs whose network is gone (a cleanup that removed the network by
-    its label alone, or a worker killed mid-job). A rule is only ever added once its network
-    exists, so this never touches a running job's."""
+    its label alone, or a worker killed mid-job).
+
+    A rule is only ever added once its network exists, so the rules are listed *before* the
+    networks: a rule seen in the listing had its network then, and if the network is missing
+    from the later listing it has been removed. (Listing the networks first would let a job
+    that creates its network and rule in between lose its rule while its build runs.)"""
+    listings = {tool: await _rules(tool) for tool in _TOOLS}
     live = {
         _comment(n["Labels"][names.JOB_LABEL])
         for n in await docker.networks.list(filters={"label": [names.JOB_LABEL]})
     }
-    await _delete_rules(lambda comment: comment.startswith(_comment("")) and comment not in live)
+    for tool, listing in listings.items():
+        await _delete_rules(tool, listing, lambda c: c.startswith(_comment("")) and c not in live)
 
 
-async def _delete_rules(wanted: Callable[[str], bool]) -> None:
-    for tool in ("iptables", "ip6tables"):
-        try:
-            listing = await _iptables(tool, ["-S", "INPUT"])
-        except EgressUnavailable:
-            continue  # nothing could have been added with it either
-        for line in listing.splitlines():
-            rule = shlex.split(line)  # iptables -S quotes the comment
-            comment = rule[rule.index("--comment") + 1] if "--comment" in rule[:-1] else ""
-            if rule[:2] == ["-A", "INPUT"] and comment and wanted(comment):
-                await _iptables(tool, ["-D", *rule[1:]])
+_TOOLS = ("iptables", "ip6tables")
+
+
+async def _rules(tool: str) -> list[list[str]] | None:
+    """The INPUT chain's rules as `iptables -S` words, or None when the tool cannot run (then
+    nothing could have been added with it either)."""
+    try:
+        listing = await _iptables(tool, ["-S", "INPUT"])
+    except EgressUnavailable:
+        return None
+    return [shlex.split(line) for line in listing.splitlines()]  # -S quotes the comment
+
+
+async def _delete_rules(
+    tool: str, listing: list[list[str]] | None, wanted: Callable[[str], bool]
+) -> None:
+    for rule in listing or []:
+        comment = rule[rule.index("--comment") + 1] if "--comment" in rule[:-1] else ""
+        if rule[:2] == ["-A", "INPUT"] and comment and wanted(comment):
+            await _delete_rule(tool, rule[1:])
+
+
+async def _delete_rule(tool: str, rule: list[str]) -> None:
+    """Delete one rule; a rule that is already gone (another job's cleanup or prune, in this
+    worker or another, deleted it first) is not an error."""
+    try:
+        await _iptables(tool, ["-D", *rule])
+    except EgressUnavailable:
+        if ["-A", *rule] in (await _rules(tool) or []):
+            raise
 
 
 async def _iptables(tool: str, args: list[str]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 LABEL_NAMESPACE = "dockguard"  # Dockerfiles may not set labels under it (submission policy)
 JOB_LABEL = "dockguard.job-id"
 MANAGED_LABEL = "dockguard.managed"
+OBJECT_PREFIX = "dockguard-"  # every container, network and volume name: prefix, job id, "-…"
 
 
 def labels(job_id: str) -> dict[str, str]:
@@ -22,8 +23,8 @@ def image_tag(job_id: str, stage: str) -> str:
 
 
 def container_name(job_id: str) -> str:
-    return f"dockguard-{job_id}-run"
+    return f"{OBJECT_PREFIX}{job_id}-run"
 
 
 def volume_name(job_id: str) -> str:
-    return f"dockguard-{job_id}-data"
+    return f"{OBJECT_PREFIX}{job_id}-data"
