@@ -2,9 +2,10 @@
 ends (by its job label), and anything managed that outlived every job (the sweeper, by age).
 Containers go first (with their anonymous volumes), then networks, volumes, and images newest
 first, so that no image is still the parent of another when its turn comes. What the engine
-refuses as still in use (a build it is still cancelling holds its step's images for a moment) gets
-at most two more passes, a second apart; anything else it refuses is logged and left to the next
-cleanup or the sweeper. Only objects the engine lists are ever removed, never ids read elsewhere."""
+refuses as still in use gets at most two more passes, a second apart; anything else it refuses is
+logged and left to the next cleanup or the sweeper. A job's cleanup first waits for the engine to
+end the job's build (`wait_for_build_end`): a build stopped mid-step may still commit an image.
+Only objects the engine lists are ever removed, never ids read elsewhere."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 Filters = dict[str, list[str]]
 _PASSES = 3
 _PASS_DELAY_S = 1.0
+_BUILD_POLL_S = 0.1
 _MANAGED: Filters = {"label": [f"{names.MANAGED_LABEL}=true"]}
 
 
@@ -44,6 +46,39 @@ async def remove_objects(
         if not in_use:
             break
     return removed
+
+
+async def wait_for_build_end(
+    docker: aiodocker.Docker, job_id: str, *, timeout_s: float, quiet_s: float = 0.0
+) -> bool:
+    """Wait until the engine has ended the job's build: none of its step containers is left, and
+    none has appeared for `quiet_s`. Returns False when that did not happen within `timeout_s`.
+
+    The engine keeps every step container of a build (each labelled, from the first `LABEL` on)
+    until the build ends, then removes them itself, also when the build was cancelled. Until
+    then the step in progress may still commit an image; removing what is listed before that
+    would miss it. `quiet_s` covers a build stopped before its first step container exists."""
+    deadline = time.monotonic() + timeout_s
+    quiet_since = time.monotonic()
+    while True:
+        if await _step_containers(docker, job_id):
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(_BUILD_POLL_S)
+
+
+async def _step_containers(docker: aiodocker.Docker, job_id: str) -> list[str]:
+    """The ids of the job's containers that the engine's builder created: every container
+    dockguard creates itself is named after the job (names.py); step containers are not."""
+    ours = f"/{names.OBJECT_PREFIX}{job_id}-"
+    return [
+        container["Id"]
+        for container in await docker.containers.list(all=True, filters=names.label_filter(job_id))
+        if not any(name.startswith(ours) for name in container["Names"] or [])
+    ]
 
 
 async def sweep(docker: aiodocker.Docker, older_than_s: float, *, job_id: str | None = None) -> int:

@@ -22,7 +22,7 @@ from dockguard.models import BuildLimits, RunLimits
 from dockguard.sandbox import archive, egress, names
 from dockguard.sandbox.bases import check_bases
 from dockguard.sandbox.build import Builder, BuildFailure, BuildOutcome
-from dockguard.sandbox.cleanup import ignore_missing, remove_objects, sweep
+from dockguard.sandbox.cleanup import ignore_missing, remove_objects, sweep, wait_for_build_end
 from dockguard.sandbox.egress import Egress, EgressUnavailable
 from dockguard.sandbox.hardening import image_volumes
 from dockguard.sandbox.result import fetch_result
@@ -32,6 +32,8 @@ from dockguard.sandbox.users import resolve_run_user
 log = logging.getLogger(__name__)
 
 _CLEANUP_TIMEOUT_S = 60
+_BUILD_END_TIMEOUT_S = 20  # the engine kills a cancelled build's step; it ends in about a second
+_BUILD_QUIET_S = 1.0  # an interrupted build's first step container could still be on its way
 _CONNECT_TIMEOUT_S = 10
 
 
@@ -65,6 +67,7 @@ class EngineSandbox:
         self._runner = Runner(docker, log_tail_lines, data_holder_image=data_holder_image)
         self._pull_allow = pull_allow
         self._egress = egress  # needed for builds with network `egress`
+        self._interrupted: set[str] = set()  # jobs whose build stopped before its end
 
     async def ping(self) -> None:
         await self.docker.version()
@@ -77,6 +80,19 @@ class EngineSandbox:
         )
 
     async def build(self, job_id: str, dockerfile: str, limits: BuildLimits) -> BuildOutcome:
+        """Build the job's image. A build stopped before its end (its timeout, the job's, a
+        cancel) is noted: the engine may still be ending it, and cleanup waits for that."""
+        try:
+            return await self._build(job_id, dockerfile, limits)
+        except asyncio.CancelledError:
+            self._interrupted.add(job_id)
+            raise
+        except BuildFailure as exc:
+            if exc.code is ErrorCode.BUILD_TIMEOUT:
+                self._interrupted.add(job_id)
+            raise
+
+    async def _build(self, job_id: str, dockerfile: str, limits: BuildLimits) -> BuildOutcome:
         tag = names.image_tag(job_id, "build")
         if limits.network != "egress":
             return await self._builder.build(job_id, dockerfile, tag, limits)
@@ -118,11 +134,19 @@ class EngineSandbox:
         logged and left for the next cleanup of the same job, or the sweeper)."""
         try:
             async with asyncio.timeout(_CLEANUP_TIMEOUT_S):
+                # First the engine's own end of the build, which may still commit a step image
+                # (a dead worker's build too, before a retry's first cleanup).
+                quiet_s = _BUILD_QUIET_S if job_id in self._interrupted else 0.0
+                if not await wait_for_build_end(
+                    self.docker, job_id, timeout_s=_BUILD_END_TIMEOUT_S, quiet_s=quiet_s
+                ):
+                    log.warning("the engine did not end the job's build; removing it anyway")
                 await remove_objects(self.docker, names.label_filter(job_id))
                 # The tag only ever names a labelled image: gone already, unless it was in use.
                 await ignore_missing(self.docker.images.delete(names.image_tag(job_id, "build")))
                 if self._egress is not None:
                     await egress.remove_firewall(job_id)
+            self._interrupted.discard(job_id)
         except (aiodocker.DockerError, TimeoutError, EgressUnavailable) as exc:
             log.warning("cleanup incomplete", extra={"why": str(exc)[:300]})
 
