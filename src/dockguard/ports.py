@@ -6,9 +6,10 @@ against in-memory fakes of the same Protocols."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 from dockguard.base_images import BaseImage
+from dockguard.lines import LineSink
 from dockguard.models import (
     BuildLimits,
     DbMetadata,
@@ -28,13 +29,19 @@ class Sandbox(Protocol):
     async def check_bases(self, bases: tuple[BaseImage, ...], *, pull_timeout_s: float) -> None:
         """Raise a JobFailure for a base the build may not start from."""
 
-    async def build(self, job_id: str, dockerfile: str, limits: BuildLimits) -> BuildOutcome:
-        """Raise BuildFailure (with the log tail) when the build fails or times out."""
+    async def build(
+        self, job_id: str, dockerfile: str, limits: BuildLimits, lines: LineSink | None = None
+    ) -> BuildOutcome:
+        """Raise BuildFailure (with the log tail) when the build fails or times out; each line
+        the build prints goes to `lines` too, as it is printed."""
 
     async def prepare(self, job_id: str, image_id: str) -> Prepared:
         """Resolve the run user and check the image before anything of it runs."""
 
-    async def run(self, job_id: str, prepared: Prepared, limits: RunLimits) -> RunOutcome: ...
+    async def run(
+        self, job_id: str, prepared: Prepared, limits: RunLimits, lines: LineSink | None = None
+    ) -> RunOutcome:
+        """Each line the container prints goes to `lines` too, as it is printed."""
 
     async def fetch_result(self, container_id: str, max_bytes: int) -> bytes:
         """The raw bytes of /data/perf.json; raise a JobFailure when there is none to read."""
@@ -44,6 +51,17 @@ class Sandbox(Protocol):
 
     async def sweep(self, older_than_s: float) -> int:
         """Remove what outlived every job; returns how many objects."""
+
+
+class StageLog(LineSink, Protocol):
+    async def aclose(self) -> None:
+        """Send what is left; never raises."""
+
+
+class JobLogs(Protocol):
+    """The jobs' live logs (store/logs.py): one writer per stage of a job."""
+
+    def writer(self, job_id: str, stage: Literal["build", "run"]) -> StageLog: ...
 
 
 class Scanner(Protocol):

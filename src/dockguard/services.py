@@ -15,7 +15,7 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import Redis
 
 from dockguard.models import ScannerLimits
-from dockguard.ports import DockerfileStore, JobStore, Sandbox, Scanner
+from dockguard.ports import DockerfileStore, JobLogs, JobStore, Sandbox, Scanner
 from dockguard.sandbox import EngineSandbox, connect
 from dockguard.sandbox.egress import Egress, host_allowlist, parse_allowlist
 from dockguard.scanning import ContainerTrivy, LocalTrivy, TrivyBackend, TrivyScanner, find_trivy
@@ -24,6 +24,7 @@ from dockguard.store import RedisDockerfileStore, RedisJobStore
 from dockguard.store.dockerfiles import cipher
 from dockguard.store.events import JobEvents
 from dockguard.store.keys import QUEUE_NAME
+from dockguard.store.logs import RedisJobLogs
 from dockguard.store.scan_cache import ScanCache
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class Services:
     scanner: Scanner
     sandbox: Sandbox
     events: JobEvents | None = None  # the API's `?wait=` (store/events.py); not the worker's
+    logs: JobLogs | None = None  # the jobs' live logs (store/logs.py); None: not kept
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
     @classmethod
@@ -143,11 +145,18 @@ class Services:
         return cls(
             settings=settings,
             redis=redis,
-            store=RedisJobStore(redis, settings.job_ttl_s, dockerfiles),
+            store=RedisJobStore(
+                redis, settings.job_ttl_s, dockerfiles, log_max_lines=settings.log_max_lines
+            ),
             dockerfiles=dockerfiles,
             scanner=trivy_scanner(settings, docker, ScanCache(redis, settings.scan_cache_ttl_s)),
             sandbox=sandbox,
             events=JobEvents(redis),
+            logs=RedisJobLogs(
+                redis,
+                max_lines=settings.log_max_lines,
+                line_max_chars=settings.log_line_max_chars,
+            ),
             closers=closers,
         )
 

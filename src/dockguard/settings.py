@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     runtime: str | None = None
     result_max_bytes: int = Field(65536, ge=64)
     log_tail_lines: int = Field(50, ge=0)
+    # The live log (GET /v1/jobs/{id}/logs): lines kept per job, and characters per line.
+    log_max_lines: int = Field(5000, ge=10, le=1_000_000)
+    log_line_max_chars: int = Field(1000, ge=80, le=65_536)
 
     # Data protection
     encryption_key: SecretStr | None = None

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Literal, cast
 
 from arq.connections import ArqRedis
 
 from dockguard.base_images import BaseImage
 from dockguard.errors import JobFailure
+from dockguard.lines import LineSink
 from dockguard.models import (
     BuildLimits,
     DbMetadata,
@@ -186,8 +187,12 @@ class FakeSandbox:
     async def check_bases(self, bases: tuple[BaseImage, ...], *, pull_timeout_s: float) -> None:
         await self._step("check_bases")
 
-    async def build(self, job_id: str, dockerfile: str, limits: BuildLimits) -> BuildOutcome:
+    async def build(
+        self, job_id: str, dockerfile: str, limits: BuildLimits, lines: LineSink | None = None
+    ) -> BuildOutcome:
         self.build_limits.append(limits)
+        if lines is not None:
+            lines.write("Step 1/1 : FROM busybox")
         await self._step("build")
         return BuildOutcome(image_id="sha256:" + "b" * 64, duration_s=0.2, log_tail=["built"])
 
@@ -195,8 +200,12 @@ class FakeSandbox:
         await self._step("prepare")
         return Prepared(image_id=image_id, user="1000:1000")
 
-    async def run(self, job_id: str, prepared: Prepared, limits: RunLimits) -> RunOutcome:
+    async def run(
+        self, job_id: str, prepared: Prepared, limits: RunLimits, lines: LineSink | None = None
+    ) -> RunOutcome:
         self.run_limits.append(limits)
+        if lines is not None:
+            lines.write(b"ran \xff")
         await self._step("run")
         return self.run_outcome
 
@@ -213,12 +222,42 @@ class FakeSandbox:
 
 
 @dataclass
+class FakeStageLog:
+    """One stage's live log: its lines as written, and whether it was closed (sent)."""
+
+    stage: str
+    lines: list[str | bytes] = field(default_factory=list)
+    closed: bool = False
+
+    def write(self, line: str | bytes) -> None:
+        assert not self.closed, "a line written after the stage's log was closed"
+        self.lines.append(line)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeJobLogs:
+    """Every stage log the pipeline opened, in order, with the job's status when it opened."""
+
+    store: FakeJobStore
+    opened: list[tuple[str, str, FakeStageLog]] = field(default_factory=list)
+
+    def writer(self, job_id: str, stage: Literal["build", "run"]) -> FakeStageLog:
+        log = FakeStageLog(stage)
+        self.opened.append((job_id, stage, log))
+        return log
+
+
+@dataclass
 class Fakes:
     services: Services
     store: FakeJobStore
     dockerfiles: FakeDockerfileStore
     scanner: FakeScanner
     sandbox: FakeSandbox
+    logs: FakeJobLogs
 
 
 def fakes(settings: Settings | None = None) -> Fakes:
@@ -226,6 +265,7 @@ def fakes(settings: Settings | None = None) -> Fakes:
     store = FakeJobStore(dockerfiles)
     scanner = FakeScanner()
     fake_sandbox = FakeSandbox()
+    logs = FakeJobLogs(store)
     services = Services(
         settings=settings or Settings(_env_file=None),
         redis=cast(ArqRedis, None),  # the pipeline never touches the queue
@@ -233,5 +273,6 @@ def fakes(settings: Settings | None = None) -> Fakes:
         dockerfiles=dockerfiles,
         scanner=scanner,
         sandbox=fake_sandbox,
+        logs=logs,
     )
-    return Fakes(services, store, dockerfiles, scanner, fake_sandbox)
+    return Fakes(services, store, dockerfiles, scanner, fake_sandbox, logs)

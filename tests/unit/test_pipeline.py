@@ -23,6 +23,7 @@ from dockguard.jobs.pipeline import (
     step_timeouts_s,
 )
 from dockguard.jobs.sweeper import reap
+from dockguard.lines import LineSink
 from dockguard.models import Job, JobStatus, Limits, RunLimits
 from dockguard.sandbox import BuildFailure, Prepared, RunOutcome
 from dockguard.settings import Settings, Severity
@@ -251,10 +252,10 @@ async def test_a_job_ended_elsewhere_while_it_ran_keeps_that_ending(status: JobS
     original = f.sandbox.run
 
     async def run_while_ended_elsewhere(
-        job_id: str, prepared: Prepared, limits: RunLimits
+        job_id: str, prepared: Prepared, limits: RunLimits, lines: LineSink | None = None
     ) -> RunOutcome:
         await f.store.update(job_id, lambda job: setattr(job, "status", status))
-        return await original(job_id, prepared, limits)
+        return await original(job_id, prepared, limits, lines)
 
     f.sandbox.run = run_while_ended_elsewhere  # type: ignore[method-assign]
     assert await run_job(f.services, job_id) == status.value

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from arq.jobs import Job as ArqJob
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AfterValidator, ValidationError
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from dockguard import dockerfile as dockerfile_parser
 from dockguard import submission_policy
@@ -26,9 +29,16 @@ from dockguard.errors import (
 from dockguard.jobs import pipeline
 from dockguard.jobs.pipeline import queued_deadline_s
 from dockguard.jobs.worker import TASK
-from dockguard.models import Job, JobList, JobStatus, ScannerStatus, SubmitRequest
+from dockguard.models import (
+    Job,
+    JobList,
+    JobStatus,
+    RequestedLimits,
+    ScannerStatus,
+    SubmitRequest,
+)
 from dockguard.services import Services, deserialize
-from dockguard.store import listing
+from dockguard.store import listing, logs
 from dockguard.store.keys import QUEUE_NAME
 
 from . import multipart, submissions
@@ -147,12 +157,18 @@ async def submit_job(
     headers = request.headers.getlist(submissions.IDEMPOTENCY_KEY_HEADER)
     key = submissions.check_idempotency_key(headers)
     limit = services.settings.max_dockerfile_bytes
-    body = await _dockerfile_bytes(request, limit)
+    body, requested = await _submission(request, limit)
     parsed = dockerfile_parser.parse(body, limit)
     submission_policy.check(parsed, policy)
-    job = Job(id=uuid.uuid4().hex, dockerfile_sha256=parsed.sha256, dockerfile_bytes=len(body))
     settings = services.settings
-    once = submissions.idempotency(services, key, parsed.sha256, job.id)
+    submissions.check_limits(requested, settings)
+    job = Job(
+        id=uuid.uuid4().hex,
+        dockerfile_sha256=parsed.sha256,
+        dockerfile_bytes=len(body),
+        requested_limits=requested,
+    )
+    once = submissions.idempotency(services, key, job)
     if once is not None and (earlier := await once.earlier_job()) is not None:
         return _job_response(earlier, 200)
     await submissions.check_queue(services.redis, settings.max_queued)
@@ -182,23 +198,27 @@ def _job_response(job: Job, status: int) -> JSONResponse:
     )
 
 
-async def _dockerfile_bytes(request: Request, limit: int) -> bytes:
+async def _submission(request: Request, limit: int) -> tuple[bytes, RequestedLimits | None]:
+    """The Dockerfile's bytes and the requested run limits (None: none asked for)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "text/plain":
-        return await _read_capped(request, limit)
+        return await _read_capped(request, limit), None
     if media_type == "multipart/form-data":
-        return await multipart.read_dockerfile(request, limit)
+        form = await multipart.read_form(request, limit)
+        return form.dockerfile, submissions.parse_limits(dict(form.limits))
     if media_type == "application/json":
         raw = await _read_capped(request, limit * _JSON_OVERHEAD + 1024)
         try:
             submitted = SubmitRequest.model_validate_json(raw)
         except ValidationError as exc:
+            if all(err["loc"][:1] == ("limits",) for err in exc.errors()):
+                raise submissions.invalid_limits(exc) from exc
             raise SubmissionError(
                 ErrorCode.REQUEST_INVALID,
-                'the body must be a JSON object {"dockerfile": "<text>"}',
+                'the body must be a JSON object {"dockerfile": "<text>", "limits": {...}}',
             ) from exc
         try:
-            return submitted.dockerfile.encode("utf-8")
+            return submitted.dockerfile.encode("utf-8"), submissions.nonempty(submitted.limits)
         except UnicodeEncodeError:
             raise SubmissionError(
                 ErrorCode.DOCKERFILE_ENCODING, "the Dockerfile is not valid Unicode text"
@@ -360,3 +380,90 @@ async def readyz(services: ServicesDep) -> Response:
             503, ErrorCode.SERVICE_UNAVAILABLE.value, f"not reachable: {', '.join(failing)}"
         )
     return JSONResponse({"status": "ready"})
+
+
+# --- live logs ---------------------------------------------------------------------------------
+
+_LOG_WAKE_S = 5.0  # re-read at least this often, should a wake-up be missed (Redis reconnecting)
+_SSE_PING_S = 15
+
+
+@router.get(
+    "/v1/jobs/{job_id}/logs",
+    summary="Watch a job's build and run output",
+    description=(
+        "With `Accept: text/event-stream`: Server-Sent Events as they happen, each with an `id`. "
+        '`event: log` (`data: {"stage": "build"|"run", "line": …}`) for each line the build or '
+        'the container prints, `event: status` (`data: {"status": …}`) for each status the job '
+        'moves to, then `event: end` (`data: {"status": <terminal>}`), after which the stream '
+        "closes. A reconnecting client sends `Last-Event-ID` and receives what followed it, "
+        "without loss or repeats. Otherwise: `text/plain`, the stored log so far, one "
+        "`<stage> | <line>` per line. Lines are cleaned (terminal escapes and control characters "
+        "removed, invalid UTF-8 replaced, at most DOCKGUARD_LOG_LINE_MAX_CHARS characters); a "
+        "job keeps its last DOCKGUARD_LOG_MAX_LINES entries, for as long as the job itself."
+    ),
+    responses={
+        200: {
+            "description": "The log, as events or as text",
+            "content": {"text/event-stream": {}, "text/plain": {}},
+        },
+        **problem_responses(404, 422),
+    },
+    response_class=Response,
+)
+async def job_logs(job_id: str, request: Request, services: ServicesDep) -> Response:
+    if not _JOB_ID.match(job_id) or await services.store.get(job_id) is None:
+        raise JobNotFound(job_id[:64])
+    redis = services.redis
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        text = "".join(
+            f"{event.data.get('stage', '?')} | {event.data.get('line', '')}\n"
+            for event in await logs.lines(redis, job_id)
+        )
+        return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
+    after = request.headers.get("last-event-id") or None
+    if after is not None and not logs.valid_id(after):
+        raise SubmissionError(
+            ErrorCode.REQUEST_INVALID,
+            "Last-Event-ID must be the id of an event this endpoint sent (<ms>-<seq>)",
+            http_status=422,
+        )
+    return EventSourceResponse(
+        _log_events(services, job_id, after),
+        ping=_SSE_PING_S,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _log_events(
+    services: Services, job_id: str, after: str | None
+) -> AsyncIterator[ServerSentEvent]:
+    """The job's log entries after `after`, as they are added, up to and including `end`."""
+    events = services.events
+    if events is not None:
+        await events.subscribed()
+    while True:
+        with events.log_added(job_id) if events is not None else contextlib.nullcontext() as added:
+            batch = await logs.read(services.redis, job_id, after)
+            for entry in batch:
+                yield ServerSentEvent(
+                    data=json.dumps(entry.data, ensure_ascii=False), event=entry.kind, id=entry.id
+                )
+                after = entry.id
+                if entry.kind == "end":
+                    return
+            if batch:
+                continue
+            if not await logs.exists(services.redis, job_id):
+                # No stream: the job expired, or it predates live logs. Say how it ended.
+                job = await services.store.get(job_id)
+                if job is None or job.status.terminal:
+                    status = None if job is None else job.status.value
+                    yield ServerSentEvent(data=json.dumps({"status": status}), event="end")
+                    return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_LOG_WAKE_S):
+                    if added is None:
+                        await asyncio.sleep(_LOG_WAKE_S)
+                    else:
+                        await added.wait()

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Literal
 
 from redis.exceptions import RedisError
 
 from dockguard import base_images
 from dockguard.dockerfile import parse as parse_dockerfile
 from dockguard.errors import ErrorCode, JobFailure, JobFinished, JobNotFound, SubmissionError
+from dockguard.lines import LineSink
 from dockguard.logs import job_id_var
 from dockguard.models import (
     BuildInfo,
@@ -189,6 +192,18 @@ class _Pipeline:
         self.job_id = job_id
         self.limits = Limits.from_settings(services.settings)
 
+    @asynccontextmanager
+    async def stage_log(self, stage: Literal["build", "run"]) -> AsyncIterator[LineSink | None]:
+        """The stage's live log, all sent by the end of the block (before the next status)."""
+        if self.services.logs is None:
+            yield None
+            return
+        writer = self.services.logs.writer(self.job_id, stage)
+        try:
+            yield writer
+        finally:
+            await asyncio.shield(writer.aclose())
+
     async def update(self, change: Callable[[Job], None]) -> None:
         if await self.services.store.update(self.job_id, change) is None:
             raise StaleUpdate(f"job {self.job_id} expired while it ran")
@@ -254,7 +269,8 @@ class _Pipeline:
         await self.check_bases(dockerfile)
         limits = self.limits.build
         try:
-            outcome = await self.services.sandbox.build(self.job_id, dockerfile, limits)
+            async with self.stage_log("build") as lines:
+                outcome = await self.services.sandbox.build(self.job_id, dockerfile, limits, lines)
         except BuildFailure as failure:
             failed = BuildInfo(log_tail=failure.log_tail, limits=limits)
             await self.update(lambda job: setattr(job, "build", failed))
@@ -295,7 +311,8 @@ class _Pipeline:
 
         await self.update(start)
         sandbox = self.services.sandbox
-        outcome = await sandbox.run(self.job_id, prepared, limits)
+        async with self.stage_log("run") as lines:
+            outcome = await sandbox.run(self.job_id, prepared, limits, lines)
 
         def record(job: Job) -> None:
             job.run = RunInfo(

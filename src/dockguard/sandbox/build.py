@@ -18,6 +18,7 @@ import aiodocker
 
 from dockguard.dockerfile import parse as parse_dockerfile
 from dockguard.errors import ErrorCode, JobFailure
+from dockguard.lines import LineSink, clean_line, split_lines
 from dockguard.models import BuildLimits
 from dockguard.sandbox import cgroups, egress, http, names
 from dockguard.sandbox.cgroups import CgroupUnavailable
@@ -52,16 +53,21 @@ class BuildOutcome:
 @dataclass
 class _Progress:
     """What the build stream told us so far: the log tail, the step, the image (from the
-    engine's own `aux` message, never from what the build printed)."""
+    engine's own `aux` message, never from what the build printed). Each line the build prints
+    also goes to `sink`, the job's live log, as it arrives."""
 
     tail: deque[str]
+    sink: LineSink | None = None
     image_id: str | None = None
     error: str | None = None
     step: str = ""
+    _partial: str = ""  # the engine sends output in chunks that may end mid-line
 
     def feed(self, message: dict[str, object]) -> None:
         if isinstance(message.get("stream"), str):
-            for line in str(message["stream"]).splitlines():
+            lines, self._partial = split_lines(self._partial + str(message["stream"]))
+            self._partial = self._partial[-_STREAM_LINE_LIMIT:]
+            for line in lines:
                 self._line(line)
         aux = message.get("aux")
         if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
@@ -69,18 +75,29 @@ class _Progress:
         if message.get("error"):
             self.fail(str(message["error"]))
 
+    def finish(self) -> None:
+        """The stream has ended (or was cut): its unfinished last line is a line too."""
+        partial, self._partial = self._partial, ""
+        self._line(partial)
+
     def fail(self, error: str) -> None:
         """The build failed with the engine's `error` (kept for the logs; the tail gets it only
         when it reveals nothing of the engine's host)."""
+        self.finish()
         self.error = error
-        self.tail.append(f"error: {_client_safe_error(error, self.step)}")
+        self._emit(f"error: {_client_safe_error(error, self.step)}")
 
     def _line(self, line: str) -> None:
         if not line.strip():
             return
-        self.tail.append(line[:_LINE_CAP])
+        self._emit(line)
         if step := _STEP.match(line):  # for messages only: a RUN step can print anything
             self.step = step.group(1).upper()
+
+    def _emit(self, line: str) -> None:
+        self.tail.append(clean_line(line, _LINE_CAP))
+        if self.sink is not None:
+            self.sink.write(line)
 
 
 class Builder:
@@ -89,15 +106,23 @@ class Builder:
         self._log_tail_lines = log_tail_lines
 
     async def build(
-        self, job_id: str, dockerfile: str, tag: str, limits: BuildLimits, *, context: bytes = b""
+        self,
+        job_id: str,
+        dockerfile: str,
+        tag: str,
+        limits: BuildLimits,
+        *,
+        context: bytes = b"",
+        sink: LineSink | None = None,
     ) -> BuildOutcome:
-        """Build `dockerfile` (with an optional extra tar `context`), tagged `tag`.
+        """Build `dockerfile` (with an optional extra tar `context`), tagged `tag`; each line it
+        prints also goes to `sink` as it arrives.
 
         Every image the build makes, in every stage, whether it succeeds or not, carries the
         job's labels (see `labelled`): cleanup finds and removes them all by label.
         """
         started = time.monotonic()
-        progress = _Progress(tail=deque(maxlen=max(self._log_tail_lines, 1)))
+        progress = _Progress(tail=deque(maxlen=max(self._log_tail_lines, 1)), sink=sink)
         params = build_params(job_id, tag, limits)
         body = _context_tar(labelled(dockerfile, job_id), context)
         cgroup_name = f"{job_id}-{tag.rpartition(':')[2]}"
@@ -110,6 +135,7 @@ class Builder:
                 await self._stream(params | cgroup_params, body, progress)
         except TimeoutError as exc:
             # Leaving the request closes the connection, which makes the engine cancel the build.
+            progress.finish()
             raise BuildFailure(
                 ErrorCode.BUILD_TIMEOUT,
                 f"the build did not finish within {limits.timeout_s:g} s",
@@ -177,6 +203,7 @@ class Builder:
                         progress.feed(_decode(line))
             if buffer.strip():
                 progress.feed(_decode(buffer))
+            progress.finish()
 
 
 def labelled(dockerfile: str, job_id: str) -> str:

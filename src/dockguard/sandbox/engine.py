@@ -18,6 +18,7 @@ import aiohttp
 
 from dockguard.base_images import BaseImage
 from dockguard.errors import ErrorCode
+from dockguard.lines import LineSink
 from dockguard.models import BuildLimits, RunLimits
 from dockguard.sandbox import archive, egress, names
 from dockguard.sandbox.bases import check_bases
@@ -79,11 +80,14 @@ class EngineSandbox:
             self.docker, bases, pull_allow=self._pull_allow, pull_timeout_s=pull_timeout_s
         )
 
-    async def build(self, job_id: str, dockerfile: str, limits: BuildLimits) -> BuildOutcome:
-        """Build the job's image. A build stopped before its end (its timeout, the job's, a
-        cancel) is noted: the engine may still be ending it, and cleanup waits for that."""
+    async def build(
+        self, job_id: str, dockerfile: str, limits: BuildLimits, lines: LineSink | None = None
+    ) -> BuildOutcome:
+        """Build the job's image; each line the build prints also goes to `lines`. A build stopped
+        before its end (its timeout, the job's, a cancel) is noted: the engine may still be
+        ending it, and cleanup waits for that."""
         try:
-            return await self._build(job_id, dockerfile, limits)
+            return await self._build(job_id, dockerfile, limits, lines)
         except asyncio.CancelledError:
             self._interrupted.add(job_id)
             raise
@@ -92,15 +96,17 @@ class EngineSandbox:
                 self._interrupted.add(job_id)
             raise
 
-    async def _build(self, job_id: str, dockerfile: str, limits: BuildLimits) -> BuildOutcome:
+    async def _build(
+        self, job_id: str, dockerfile: str, limits: BuildLimits, lines: LineSink | None
+    ) -> BuildOutcome:
         tag = names.image_tag(job_id, "build")
         if limits.network != "egress":
-            return await self._builder.build(job_id, dockerfile, tag, limits)
+            return await self._builder.build(job_id, dockerfile, tag, limits, sink=lines)
         if self._egress is None:
             raise RuntimeError("build network egress without an Egress")
         try:
             async with self._egress.network(job_id):
-                return await self._builder.build(job_id, dockerfile, tag, limits)
+                return await self._builder.build(job_id, dockerfile, tag, limits, sink=lines)
         except EgressUnavailable as exc:
             log.error("build egress network unavailable", extra={"why": str(exc)[:500]})
             raise BuildFailure(
@@ -119,9 +125,12 @@ class EngineSandbox:
             user = await resolve_run_user(self.docker, reader, image)
         return Prepared(image_id=image_id, user=user, volumes=image_volumes(image))
 
-    async def run(self, job_id: str, prepared: Prepared, limits: RunLimits) -> RunOutcome:
+    async def run(
+        self, job_id: str, prepared: Prepared, limits: RunLimits, lines: LineSink | None = None
+    ) -> RunOutcome:
+        """Run the image; each line the container prints also goes to `lines` as it runs."""
         return await self._runner.run(
-            job_id, prepared.image_id, prepared.user, limits, prepared.volumes
+            job_id, prepared.image_id, prepared.user, limits, prepared.volumes, sink=lines
         )
 
     async def fetch_result(self, container_id: str, max_bytes: int) -> bytes:

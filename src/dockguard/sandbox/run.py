@@ -14,7 +14,9 @@ stopped run container."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,12 +26,16 @@ import aiodocker
 import aiohttp
 
 from dockguard.errors import ErrorCode, JobFailure
+from dockguard.lines import LineSink
 from dockguard.models import RunLimits
-from dockguard.sandbox import archive, hardening, names
+from dockguard.sandbox import archive, hardening, http, names
 
 log = logging.getLogger(__name__)
 
 _LOG_LINE_CAP = 1000
+_FOLLOW_DRAIN_S = 5  # after the run ends, how long its last output may take to arrive
+_FOLLOW_LINE_BYTES = 64 * 1024  # a longer line is cut (its rest dropped up to the next newline)
+_FRAME = struct.Struct(">BxxxL")  # the engine's multiplexed stream: stream id, payload length
 DATA_PATH = "/data"
 # The holder outlives any run (timeout, kill, log and result reads) and then ends by itself if
 # the worker died before its cleanup; the sweeper removes what is left.
@@ -149,20 +155,35 @@ class Runner:
         user: str,
         limits: RunLimits,
         image_volumes: Sequence[str] = (),
+        sink: LineSink | None = None,
     ) -> RunOutcome:
-        """Everything created here carries the job's labels; the job's cleanup removes it."""
+        """Everything created here carries the job's labels; the job's cleanup removes it. What
+        the container prints goes to `sink` line by line as it runs (stdout and stderr)."""
         await self._docker.volumes.create(data_volume(job_id, user, limits.data_mb))
         holder = await self._start_holder(job_id, limits)
         container = await self._start_run(job_id, image_id, user, limits, image_volumes)
         started = time.monotonic()
         timed_out = False
+        follower = (
+            None
+            if sink is None
+            else asyncio.create_task(follow_output(self._docker, container.id, sink))
+        )
         try:
-            async with asyncio.timeout(limits.timeout_s):
-                await container.wait(timeout=aiohttp.ClientTimeout(total=None, sock_read=None))
-        except TimeoutError:
-            timed_out = True
-            await self._kill(container)
-        duration_s = round(time.monotonic() - started, 3)
+            try:
+                async with asyncio.timeout(limits.timeout_s):
+                    await container.wait(timeout=aiohttp.ClientTimeout(total=None, sock_read=None))
+            except TimeoutError:
+                timed_out = True
+                await self._kill(container)
+            duration_s = round(time.monotonic() - started, 3)
+            if follower is not None:  # its stream ends with the container; the rest is dropped
+                await asyncio.wait({follower}, timeout=_FOLLOW_DRAIN_S)
+        finally:
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
         state = (await container.show()).get("State", {})
         if not (await holder.show()).get("State", {}).get("Running"):
             # /data was unmounted, its content lost: never blame the job for a missing result.
@@ -246,6 +267,64 @@ class Runner:
             return []
         text = "".join(lines)
         return [line[:_LOG_LINE_CAP] for line in text.splitlines()][-self._log_tail_lines :]
+
+
+async def follow_output(docker: aiodocker.Docker, container_id: str, sink: LineSink) -> None:
+    """Send the container's stdout and stderr to `sink` line by line until the container ends
+    (the engine's `follow` stream, demultiplexed here so that bytes stay bytes: invalid UTF-8
+    is replaced by the sink, not dropped). Never raises but for cancellation."""
+    lines = {1: _LineBuffer(sink), 2: _LineBuffer(sink)}
+    params = {"stdout": "1", "stderr": "1", "follow": "1"}
+    try:
+        async with http.stream(
+            docker, f"containers/{container_id}/logs", "GET", params=params
+        ) as response:
+            while True:
+                try:
+                    kind, length = _FRAME.unpack(await response.content.readexactly(_FRAME.size))
+                    while length:
+                        chunk = await response.content.read(min(length, 1 << 16))
+                        if not chunk:
+                            raise asyncio.IncompleteReadError(b"", length)
+                        length -= len(chunk)
+                        lines.get(kind, lines[1]).feed(chunk)
+                except asyncio.IncompleteReadError:
+                    break
+    except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+        log.warning("could not follow the run's output", extra={"why": str(exc)[:200]})
+    for buffer in lines.values():
+        buffer.close()
+
+
+class _LineBuffer:
+    """Bytes of one stream cut into lines for a sink, each at most _FOLLOW_LINE_BYTES."""
+
+    def __init__(self, sink: LineSink) -> None:
+        self._sink = sink
+        self._buffer = bytearray()
+        self._skipping = False  # inside a line that was already cut
+
+    def feed(self, data: bytes) -> None:
+        *complete, rest = data.split(b"\n")
+        for piece in complete:
+            if not self._skipping:
+                self._emit(self._buffer + piece)
+            self._buffer.clear()
+            self._skipping = False
+        if not self._skipping:
+            self._buffer += rest
+            if len(self._buffer) > _FOLLOW_LINE_BYTES:
+                self._emit(self._buffer)
+                self._buffer.clear()
+                self._skipping = True
+
+    def close(self) -> None:
+        if self._buffer and not self._skipping:
+            self._emit(self._buffer)
+        self._buffer.clear()
+
+    def _emit(self, line: bytes | bytearray) -> None:
+        self._sink.write(bytes(line[:_FOLLOW_LINE_BYTES]))
 
 
 def _start_failed(step: str, exc: aiodocker.DockerError) -> JobFailure:

@@ -3,7 +3,8 @@ job that reaches a terminal status on one channel (in the same transaction as th
 each API process keeps ONE subscription to it, however many requests wait (`?wait=`). A waiter
 registers before it reads the job, so an end published after the read wakes it; while the
 subscription is down (Redis restarting) waiters are woken when it is back, to read again, and
-otherwise they simply answer when their wait is over."""
+otherwise they simply answer when their wait is over. The same subscription carries the ids of
+jobs whose live log grew (logs.py), which wakes the readers of `GET /v1/jobs/{id}/logs`."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from dockguard.models import Job
-from dockguard.store.keys import JOB_ENDED_CHANNEL
+from dockguard.store.keys import JOB_ENDED_CHANNEL, LOG_ADDED_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class JobEvents:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._log_waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reads: dict[str, asyncio.Future[Job | None]] = {}
@@ -62,6 +64,30 @@ class JobEvents:
             finally:
                 self._forget(job_id, event)
 
+    @contextlib.contextmanager
+    def log_added(self, job_id: str) -> Iterator[asyncio.Event]:
+        """An event set when the job's live log may have grown (logs.py publishes each write),
+        for the duration of the block. Register first, then read, then wait: an entry added
+        after the read sets it."""
+        self._start()
+        event = asyncio.Event()
+        self._log_waiters[job_id].add(event)
+        try:
+            yield event
+        finally:
+            events = self._log_waiters.get(job_id)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._log_waiters[job_id]
+
+    async def subscribed(self, timeout_s: float = _SUBSCRIBE_WAIT_S) -> None:
+        """Wait (at most `timeout_s`) for the subscription to be up."""
+        self._start()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._subscribed.wait()
+
     async def _read_once(
         self, job_id: str, read: Callable[[], Awaitable[Job | None]]
     ) -> Job | None:
@@ -90,12 +116,12 @@ class JobEvents:
         while True:
             pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(JOB_ENDED_CHANNEL)
+                await pubsub.subscribe(JOB_ENDED_CHANNEL, LOG_ADDED_CHANNEL)
                 self._subscribed.set()
                 self._wake_all()  # whatever ended while there was no subscription
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        self._wake(message["data"])
+                        self._wake(message["channel"], message["data"])
             except (RedisError, OSError) as exc:
                 log.warning("job-end subscription lost; reconnecting", extra={"why": repr(exc)})
             finally:
@@ -104,15 +130,18 @@ class JobEvents:
                     await pubsub.aclose()
             await asyncio.sleep(_RECONNECT_DELAY_S)
 
-    def _wake(self, data: bytes | str) -> None:
+    def _wake(self, channel: bytes | str, data: bytes | str) -> None:
         job_id = data.decode() if isinstance(data, bytes) else str(data)
-        for event in self._waiters.get(job_id, ()):
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        waiters = self._log_waiters if name == LOG_ADDED_CHANNEL else self._waiters
+        for event in waiters.get(job_id, ()):
             event.set()
 
     def _wake_all(self) -> None:
-        for events in self._waiters.values():
-            for event in events:
-                event.set()
+        for waiters in (self._waiters, self._log_waiters):
+            for events in waiters.values():
+                for event in events:
+                    event.set()
 
     async def close(self) -> None:
         if self._task is not None:

@@ -4,7 +4,8 @@ the job, or another submission with its Idempotency-Key came first) or by its TT
 Beside the records, a sorted set holds the deadline of every unfinished job, so that the
 reaper can fail a job that no worker finished in time (`worker_lost`): `create` and
 `set_deadline` write it, `update` to a terminal status and `forget_deadline` clear it. An
-`update` to a terminal status also publishes the job's id (see events.py)
+`update` to a terminal status also publishes the job's id (see events.py), and every status
+change is an entry of the job's live log, in the same transaction (see logs.py).
 A second sorted set indexes every job by creation time for `list_jobs` (see listing.py): `create`
 adds to it (and trims what is older than the TTL), `delete` and listing remove from it.
 (Every Redis key is built in keys.py.)"""
@@ -20,8 +21,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from dockguard.models import Job, JobStatus, utcnow
-from dockguard.store import listing
-from dockguard.store.keys import DEADLINES, JOB_ENDED_CHANNEL, JOBS, job_key
+from dockguard.store import listing, logs
+from dockguard.store.keys import DEADLINES, JOB_ENDED_CHANNEL, JOBS, job_key, logs_key
 
 if TYPE_CHECKING:  # the store layer does not load the sandbox (and aiodocker) at run time
     from dockguard.ports import DockerfileStore
@@ -36,8 +37,16 @@ class RedisJobStore:
     are encrypted, and where they live) is written with each new job and removed with it; every
     other read of a Dockerfile goes through `Services.dockerfiles`, the same object."""
 
-    def __init__(self, redis: Redis, ttl_s: int, dockerfiles: DockerfileStore) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        ttl_s: int,
+        dockerfiles: DockerfileStore,
+        *,
+        log_max_lines: int = logs.DEFAULT_MAX_LINES,
+    ) -> None:
         self._redis = redis
+        self._log_max_lines = log_max_lines
         self._ttl_s = ttl_s
         self._dockerfiles = dockerfiles
 
@@ -51,6 +60,7 @@ class RedisJobStore:
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(job_key(job.id), job.model_dump_json(), ex=self._ttl_s)
+                logs.start(pipe, job.id, job.status.value, self._ttl_s, self._log_max_lines)
                 pipe.zadd(DEADLINES, {job.id: time.time() + deadline_s})
                 created_us = listing.created_us(job.created_at)
                 pipe.zadd(JOBS, {job.id: created_us})
@@ -67,7 +77,7 @@ class RedisJobStore:
         return None if raw is None else Job.model_validate_json(raw)
 
     async def delete(self, job_id: str) -> None:
-        await self._redis.delete(job_key(job_id))
+        await self._redis.delete(job_key(job_id), logs_key(job_id))
         await self._redis.zrem(DEADLINES, job_id)
         await self._redis.zrem(JOBS, job_id)
         await self._dockerfiles.delete(job_id)
@@ -105,10 +115,21 @@ class RedisJobStore:
                     raw = await pipe.get(key)
                     if raw is None:
                         return None
-                    job = changed(Job.model_validate_json(raw), change)
+                    before = Job.model_validate_json(raw)
+                    job = changed(before, change)
                     record = job.model_dump_json()  # may raise: nothing is written then
+                    ttl_ms = await pipe.pttl(key)
                     pipe.multi()
                     pipe.set(key, record, keepttl=True)
+                    if job.status != before.status:  # the live log's status entry (logs.py)
+                        logs.status_changed(
+                            pipe,
+                            job_id,
+                            job.status.value,
+                            terminal=job.status.terminal,
+                            ttl_ms=ttl_ms,
+                            max_lines=self._log_max_lines,
+                        )
                     if job.status.terminal:
                         pipe.zrem(DEADLINES, job_id)
                         pipe.publish(JOB_ENDED_CHANNEL, job_id)  # wakes `?wait=` (events.py)

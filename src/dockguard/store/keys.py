@@ -9,10 +9,16 @@ DB_REFRESH_LOCK = f"{PREFIX}:scanner:db-refresh-lock"
 DEADLINES = f"{PREFIX}:deadlines"  # sorted set: id of each unfinished job → its Unix deadline
 JOBS = f"{PREFIX}:jobs"  # sorted set: id of every stored job → its creation time in µs
 JOB_ENDED_CHANNEL = f"{PREFIX}:job-ended"  # pub/sub: the id of each job that just ended
+LOG_ADDED_CHANNEL = f"{PREFIX}:log-added"  # pub/sub: the id of each job whose log just grew
 
 
 def job_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
+
+
+def logs_key(job_id: str) -> str:
+    """The job's live log, a stream (logs.py)."""
+    return f"{PREFIX}:logs:{job_id}"
 
 
 def dockerfile_key(job_id: str) -> str:
