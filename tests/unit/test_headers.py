@@ -191,3 +191,11 @@ def test_origins_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKGUARD_CORS_ORIGINS", " https://a.example , http://127.0.0.1:3000,")
     assert Settings().cors_origins == ["https://a.example", "http://127.0.0.1:3000"]
     assert Settings(cors_origins="").cors_origins == []
+
+
+async def test_a_method_not_allowed_says_which_are(api: httpx.AsyncClient) -> None:
+    """RFC 9110: a 405 carries `Allow` (schemathesis checks it, ST204)."""
+    response = await api.request("TRACE", "/v1/jobs")
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed"
+    assert set(response.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}

@@ -4,6 +4,7 @@ No stack trace or third-party text ever reaches a client."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Mount, Route
 
 from dockguard.errors import DockguardError, ErrorCode
 from dockguard.models import Problem
@@ -56,6 +58,27 @@ _HTTP_CODES = {
 }
 
 
+def _allowed(request: Request, exc: StarletteHTTPException) -> str:
+    """The methods of every route at the request's path, for a 405's `Allow` (RFC 9110):
+    Starlette's own header names only the first matching route's."""
+    methods = {m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()}
+    for route in _routes(request.app.router.routes):
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
+
+
+def _routes(routes: Iterable[BaseRoute]) -> Iterator[Route]:
+    for route in routes:
+        if isinstance(route, Route):
+            yield route
+        # FastAPI wraps an included router (`original_router`); a Mount has `routes`.
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is None and isinstance(route, Mount):
+            inner = route.routes
+        yield from _routes(inner or [])
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(DockguardError)
     async def _dockguard(_: Request, exc: DockguardError) -> JSONResponse:
@@ -70,9 +93,10 @@ def install(app: FastAPI) -> None:
         return problem_response(422, ErrorCode.REQUEST_INVALID.value, f"invalid request: {where}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, ErrorCode.REQUEST_INVALID)
-        return problem_response(exc.status_code, code.value, str(exc.detail))
+        headers = {"Allow": _allowed(request, exc)} if exc.status_code == 405 else None
+        return problem_response(exc.status_code, code.value, str(exc.detail), headers)
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
