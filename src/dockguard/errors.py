@@ -5,6 +5,8 @@
     │     dockerfile_empty, dockerfile_encoding, dockerfile_invalid, dockerfile_too_large,
     │     dockerfile_forbidden, unsupported_media_type, request_invalid,
     │     idempotency_key_reused (422: the Idempotency-Key came with another Dockerfile)
+    ├── LimitsExceedPolicy         limits_exceed_policy (400): a requested run limit is above
+    │                              the operator's setting; nothing was stored
     ├── QueueFull                  queue_full (429, with Retry-After): DOCKGUARD_MAX_QUEUED
     ├── JobNotFound                job_not_found (404)
     ├── JobFinished                job_finished (409): a cancel of a job that has already ended
@@ -43,6 +45,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     REQUEST_INVALID = "request_invalid"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    LIMITS_EXCEED_POLICY = "limits_exceed_policy"
     QUEUE_FULL = "queue_full"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -95,6 +98,23 @@ class SubmissionError(DockguardError):
     def __init__(self, code: ErrorCode, message: str, http_status: int = 400) -> None:
         super().__init__(code, message)
         self.http_status = http_status
+
+
+class LimitsExceedPolicy(DockguardError):
+    """A submission asked for more than the service allows; nothing was stored."""
+
+    http_status = 400
+
+    def __init__(self, field: str, value: float, maximum: float) -> None:
+        super().__init__(
+            ErrorCode.LIMITS_EXCEED_POLICY,
+            f"{field} {_number(value)} is above this service's maximum, {_number(maximum)}",
+        )
+        self.field = field
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 class JobNotFound(DockguardError):

@@ -198,20 +198,48 @@ class ScannerLimits(BaseModel):
         return cls(timeout_s=s.scanner_timeout_s, memory_mb=s.scanner_memory_mb)
 
 
+class RequestedLimits(BaseModel):
+    """The run limits a submission asks for, each lower than (or equal to) the operator's
+    setting of the same name; an absent one is the setting. Checked at submission
+    (`api/submissions.check_limits`), applied by `Limits.from_settings`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_timeout_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Seconds the run may take."
+    )
+    run_memory_mb: int | None = Field(None, gt=0, description="The run's memory, in MiB.")
+    run_cpus: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="CPUs the run may use."
+    )
+
+    def applied_to(self, run: RunLimits) -> RunLimits:
+        """`run` (the settings') lowered to what was asked for. Never raised above it: a job
+        queued before the operator lowered a setting runs under the new one."""
+        asked = {
+            "timeout_s": self.run_timeout_s,
+            "memory_mb": self.run_memory_mb,
+            "cpus": self.run_cpus,
+        }
+        update = {k: min(v, getattr(run, k)) for k, v in asked.items() if v is not None}
+        return run.model_copy(update=update)
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Every set of limits a job runs under, built from the settings here and nowhere else.
-    (Per-job limits, when they come, are built here too.)"""
+    """Every set of limits a job runs under, built from the settings (and the job's requested
+    run limits, already checked against them) here and nowhere else."""
 
     build: BuildLimits
     run: RunLimits
     scanner: ScannerLimits
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
+    def from_settings(cls, settings: Settings, requested: RequestedLimits | None = None) -> Limits:
+        run = RunLimits.from_settings(settings)
         return cls(
             build=BuildLimits.from_settings(settings),
-            run=RunLimits.from_settings(settings),
+            run=run if requested is None else requested.applied_to(run),
             scanner=ScannerLimits.from_settings(settings),
         )
 
@@ -243,6 +271,13 @@ class Job(BaseModel):
     error: ErrorInfo | None = None
     dockerfile_sha256: str
     dockerfile_bytes: int
+    requested_limits: RequestedLimits | None = Field(
+        None,
+        description=(
+            "The run limits the submission asked for (null: none); `run.limits` holds the ones "
+            "applied."
+        ),
+    )
     scan: ScanResults = Field(default_factory=ScanResults)
     build: BuildInfo | None = None
     run: RunInfo | None = None
@@ -265,6 +300,12 @@ class SubmitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dockerfile: str = Field(description="The Dockerfile's text.")
+    limits: RequestedLimits | None = Field(
+        None,
+        description=(
+            "Run limits up to the service's (each optional; above one: 400 `limits_exceed_policy`)."
+        ),
+    )
 
 
 class Problem(BaseModel):

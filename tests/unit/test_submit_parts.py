@@ -13,6 +13,7 @@ from starlette.types import Message
 from dockguard.api import multipart
 from dockguard.api.submissions import check_idempotency_key, fingerprint
 from dockguard.errors import ErrorCode, SubmissionError
+from dockguard.models import RequestedLimits
 
 BOUNDARY = "dgboundary"
 DOCKERFILE = b'FROM busybox:latest\nCMD ["true"]\n'
@@ -34,10 +35,14 @@ def test_bad_idempotency_keys(values: list[str]) -> None:
     assert (caught.value.code, caught.value.http_status) == (ErrorCode.REQUEST_INVALID, 400)
 
 
-def test_fingerprint_is_the_dockerfile_and_nothing_else_yet() -> None:
+def test_fingerprint_is_the_dockerfile_and_the_limits() -> None:
     assert fingerprint("a" * 64) == fingerprint("a" * 64)
     assert fingerprint("a" * 64) != fingerprint("b" * 64)
     assert len(fingerprint("a" * 64)) == 64
+    five = RequestedLimits(run_timeout_s=5)
+    assert fingerprint("a" * 64, five) == fingerprint("a" * 64, RequestedLimits(run_timeout_s=5.0))
+    assert fingerprint("a" * 64, five) != fingerprint("a" * 64)
+    assert fingerprint("a" * 64, five) != fingerprint("a" * 64, RequestedLimits(run_timeout_s=6))
 
 
 def part(name: str, data: bytes, filename: str | None = "Dockerfile", extra: str = "") -> bytes:

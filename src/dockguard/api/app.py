@@ -81,8 +81,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema = get_openapi(
             title=app.title, version=app.version, summary=app.summary, routes=app.routes
         )
-        schema["components"]["schemas"]["SubmitRequest"] = SubmitRequest.model_json_schema(
-            ref_template="#/components/schemas/{model}"
-        )
+        submit = SubmitRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in submit.pop("$defs", {}).items():  # RequestedLimits
+            schema["components"]["schemas"].setdefault(name, definition)
+        schema["components"]["schemas"]["SubmitRequest"] = submit
         app.openapi_schema = schema
     return app.openapi_schema

@@ -1,10 +1,12 @@
 """`multipart/form-data` submissions (`curl -F dockerfile=@Dockerfile`), parsed by python-multipart
-as the body streams in: nothing but the one `dockerfile` part is kept, and that part is refused
+as the body streams in: nothing but the one `dockerfile` part (and the optional run-limit fields,
+a few bytes each) is kept, and that part is refused
 (413) as soon as it passes the Dockerfile limit, the whole body as soon as it passes the limit
 plus `FRAMING_BYTES`, before the rest of it has been read."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from python_multipart import MultipartParser
@@ -18,13 +20,17 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 FIELD = "dockerfile"
+LIMIT_FIELDS = ("run_timeout_s", "run_memory_mb", "run_cpus")  # models.RequestedLimits
+_LIMIT_VALUE_BYTES = 32  # a number's text
 FRAMING_BYTES = 16 * 1024  # boundaries and part headers; python-multipart caps each header line
 _IDENTITY_ENCODINGS = frozenset({b"", b"7bit", b"8bit", b"binary"})
 
 
 def _invalid(why: str) -> SubmissionError:
     return SubmissionError(
-        ErrorCode.REQUEST_INVALID, f"{why}; send one form field, `{FIELD}`, holding the Dockerfile"
+        ErrorCode.REQUEST_INVALID,
+        f"{why}; send one form field, `{FIELD}`, holding the Dockerfile, and optionally "
+        f"{', '.join(f'`{name}`' for name in LIMIT_FIELDS)}",
     )
 
 
@@ -34,12 +40,21 @@ def _too_large(what: str, limit: int) -> SubmissionError:
     )
 
 
+@dataclass(frozen=True)
+class Form:
+    dockerfile: bytes
+    limits: dict[str, str]  # the run-limit fields sent, as text (checked by the caller)
+
+
 class _Form:
-    """python-multipart's callbacks: keep the `dockerfile` part, refuse anything else."""
+    """python-multipart's callbacks: keep the `dockerfile` part and the run-limit fields,
+    refuse anything else."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.dockerfile: bytearray | None = None
+        self.limits: dict[str, bytearray] = {}
+        self._limit_field: bytearray | None = None
         self.ended = False
         self._headers: dict[bytes, bytes] = {}
         self._field = bytearray()
@@ -49,6 +64,7 @@ class _Form:
     def on_part_begin(self) -> None:
         self._headers = {}
         self._in_dockerfile = False
+        self._limit_field = None
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]
@@ -66,8 +82,14 @@ class _Form:
         name = options.get(b"name")
         if disposition != b"form-data" or name is None:
             raise _invalid("a part has no Content-Disposition: form-data with a name")
-        if name.decode("latin-1") != FIELD:
-            raise _invalid(f"unexpected form field {name.decode('latin-1')[:64]!r}")
+        field = name.decode("latin-1")
+        if field in LIMIT_FIELDS:
+            if field in self.limits:
+                raise _invalid(f"more than one `{field}` field")
+            self._limit_field = self.limits[field] = bytearray()
+            return
+        if field != FIELD:
+            raise _invalid(f"unexpected form field {field[:64]!r}")
         if self.dockerfile is not None:
             raise _invalid(f"more than one `{FIELD}` field")
         encoding = self._headers.get(b"content-transfer-encoding", b"").lower()
@@ -77,6 +99,10 @@ class _Form:
         self._in_dockerfile = True
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._limit_field is not None:
+            if len(self._limit_field) + (end - start) > _LIMIT_VALUE_BYTES:
+                raise _invalid(f"a run-limit field is longer than {_LIMIT_VALUE_BYTES} bytes")
+            self._limit_field += data[start:end]
         if self._in_dockerfile and self.dockerfile is not None:
             if len(self.dockerfile) + (end - start) > self.limit:
                 raise _too_large("the Dockerfile", self.limit)
@@ -87,8 +113,13 @@ class _Form:
 
 
 async def read_dockerfile(request: Request, limit: int) -> bytes:
-    """The `dockerfile` field's bytes, read while the body streams in, never more than `limit`
-    of them nor `limit` + FRAMING_BYTES of the body."""
+    """The `dockerfile` field's bytes (see `read_form`)."""
+    return (await read_form(request, limit)).dockerfile
+
+
+async def read_form(request: Request, limit: int) -> Form:
+    """The `dockerfile` field's bytes and the run-limit fields, read while the body streams in,
+    never more than `limit` of the Dockerfile nor `limit` + FRAMING_BYTES of the body."""
     _, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if not boundary:
@@ -115,7 +146,11 @@ async def read_dockerfile(request: Request, limit: int) -> bytes:
         raise _invalid("the multipart body ends before its closing boundary")
     if form.dockerfile is None:
         raise _invalid(f"no `{FIELD}` field")
-    return bytes(form.dockerfile)
+    try:
+        limits = {name: value.decode("ascii").strip() for name, value in form.limits.items()}
+    except UnicodeDecodeError:
+        raise _invalid("a run-limit field is not ASCII") from None
+    return Form(bytes(form.dockerfile), limits)
 
 
 def _callbacks(form: _Form) -> MultipartCallbacks:

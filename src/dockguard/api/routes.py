@@ -96,7 +96,15 @@ _SUBMIT_BODY: dict[str, Any] = {
                             "type": "string",
                             "format": "binary",
                             "description": "The Dockerfile (a file or a plain field).",
-                        }
+                        },
+                        **{
+                            name: {
+                                "type": "number",
+                                "exclusiveMinimum": 0,
+                                "description": f"Optional: as `limits.{name}` in JSON.",
+                            }
+                            for name in multipart.LIMIT_FIELDS
+                        },
                     },
                     "additionalProperties": False,
                 }
@@ -144,7 +152,8 @@ WaitQuery = Annotated[
         "Stores the Dockerfile and queues a job that scans it, builds it, runs the image in the "
         "sandbox and collects `/data/perf.json`. Returns at once (poll the `Location`), or, "
         "with `wait`, as soon as the job has ended. "
-        "A Dockerfile the submission policy forbids is refused with 400 `dockerfile_forbidden`. "
+        "A Dockerfile the submission policy forbids is refused with 400 `dockerfile_forbidden`; "
+        "run limits (`limits`) above the service's with 400 `limits_exceed_policy`. "
         "While `DOCKGUARD_MAX_QUEUED` jobs are in the queue: 429 `queue_full` with "
         "`Retry-After`, and nothing is stored."
     ),
@@ -312,7 +321,10 @@ StatusQuery = Annotated[
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Most jobs on the page.")]
 CursorQuery = Annotated[
     str | None,
-    Query(description="`next_cursor` of the previous page; none: the newest jobs."),
+    Query(
+        description="`next_cursor` of the previous page; none: the newest jobs.",
+        pattern=r"^[A-Za-z0-9_-]{1,128}$",
+    ),
     AfterValidator(_check_cursor),
 ]
 

@@ -1,5 +1,6 @@
-"""What `POST /v1/jobs` decides beside the Dockerfile itself: the Idempotency-Key (a retried
-submission gets its first job back) and backpressure (a full queue refuses new jobs)."""
+"""What `POST /v1/jobs` decides beside the Dockerfile itself: the requested run limits (never
+above the operator's), the Idempotency-Key (a retried submission gets its first job back) and
+backpressure (a full queue refuses new jobs)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import json
 import re
 from dataclasses import dataclass
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from dockguard.errors import ErrorCode, QueueFull, SubmissionError
-from dockguard.models import Job
+from dockguard.errors import ErrorCode, LimitsExceedPolicy, QueueFull, SubmissionError
+from dockguard.models import Job, RequestedLimits
 from dockguard.ports import JobStore
 from dockguard.services import Services
+from dockguard.settings import Settings
 from dockguard.store.idempotency import Claim, IdempotencyKeys
 from dockguard.store.keys import QUEUE_NAME
 
@@ -37,10 +40,47 @@ def check_idempotency_key(values: list[str]) -> str | None:
     return values[0]
 
 
-def fingerprint(dockerfile_sha256: str) -> str:
+def parse_limits(fields: dict[str, object]) -> RequestedLimits | None:
+    """The requested limits from form fields or a JSON object: None when there are none; 422
+    `request_invalid` unless each is a number above 0."""
+    try:
+        requested = RequestedLimits.model_validate(fields)
+    except ValidationError as exc:
+        raise invalid_limits(exc) from None
+    return nonempty(requested)
+
+
+def nonempty(requested: RequestedLimits | None) -> RequestedLimits | None:
+    """None for no limits asked for, whether the object was absent, empty or all nulls."""
+    if requested is None or not requested.model_dump(exclude_none=True):
+        return None
+    return requested
+
+
+def invalid_limits(exc: ValidationError) -> SubmissionError:
+    where = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
+    )
+    return SubmissionError(ErrorCode.REQUEST_INVALID, f"invalid limits: {where}", http_status=422)
+
+
+def check_limits(requested: RequestedLimits | None, settings: Settings) -> None:
+    """400 `limits_exceed_policy` when a requested limit is above the operator's setting."""
+    if requested is None:
+        return
+    for field in ("run_timeout_s", "run_memory_mb", "run_cpus"):
+        value = getattr(requested, field)
+        maximum = getattr(settings, field)
+        if value is not None and value > maximum:
+            raise LimitsExceedPolicy(field, value, maximum)
+
+
+def fingerprint(dockerfile_sha256: str, limits: RequestedLimits | None = None) -> str:
     """What a repeated submission must match: the Dockerfile (whichever way it was sent) and the
-    submission's parameters (none yet; per-job limits, when they come, go in here too)."""
+    submission's parameters (the requested limits, whichever way they were sent)."""
     parameters: dict[str, object] = {}
+    if limits is not None:
+        parameters["limits"] = limits.model_dump(exclude_none=True)
     canonical = json.dumps({"dockerfile_sha256": dockerfile_sha256, "parameters": parameters})
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -90,13 +130,12 @@ class Idempotency:
         return job
 
 
-def idempotency(
-    services: Services, key: str | None, dockerfile_sha256: str, job_id: str
-) -> Idempotency | None:
+def idempotency(services: Services, key: str | None, job: Job) -> Idempotency | None:
     if key is None:
         return None
     keys = IdempotencyKeys(services.redis, services.settings.job_ttl_s)
-    return Idempotency(keys, services.store, key, Claim(fingerprint(dockerfile_sha256), job_id))
+    claim = Claim(fingerprint(job.dockerfile_sha256, job.requested_limits), job.id)
+    return Idempotency(keys, services.store, key, claim)
 
 
 async def check_queue(redis: Redis, max_queued: int) -> None:

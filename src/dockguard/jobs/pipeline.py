@@ -28,6 +28,7 @@ from dockguard.models import (
     JobResult,
     JobStatus,
     Limits,
+    RequestedLimits,
     RunInfo,
     ScanReport,
 )
@@ -99,7 +100,7 @@ async def _run(services: Services, job_id: str) -> str:
     if job.status.terminal:
         return job.status.value
     await services.store.set_deadline(job_id, running_deadline_s(services.settings))
-    pipeline = _Pipeline(services, job_id)
+    pipeline = _Pipeline(services, job_id, job.requested_limits)
     result: JobResult | None = None
     failure: JobFailure | None = None
     timeout_s = job_timeout_s(services.settings, pipeline.limits)
@@ -186,11 +187,13 @@ async def _status_now(services: Services, job_id: str) -> JobStatus | None:
 
 
 class _Pipeline:
-    def __init__(self, services: Services, job_id: str) -> None:
+    def __init__(
+        self, services: Services, job_id: str, requested: RequestedLimits | None = None
+    ) -> None:
         self.services = services
         self.settings = services.settings
         self.job_id = job_id
-        self.limits = Limits.from_settings(services.settings)
+        self.limits = Limits.from_settings(services.settings, requested)
 
     @asynccontextmanager
     async def stage_log(self, stage: Literal["build", "run"]) -> AsyncIterator[LineSink | None]:
