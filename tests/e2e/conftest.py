@@ -257,6 +257,14 @@ async def redis(redis_port: int) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+@pytest_asyncio.fixture
+async def idle(instances: Instances) -> Dockguard:
+    """An instance with no worker (its jobs stay `queued`) and an empty Redis database."""
+    instance = await instances.get(run_worker=False)
+    await instance.services.redis.flushdb()
+    return instance
+
+
 async def leftovers(docker: aiodocker.Docker, job_id: str) -> list[str]:
     """Every container, volume and image that still carries the job's label."""
     filters = names.label_filter(job_id)

@@ -31,14 +31,6 @@ FAILING = 'FROM busybox:latest\nUSER 1000\nCMD ["sh", "-c", "exit 3"]\n'
 
 
 @pytest_asyncio.fixture
-async def idle(instances: Instances) -> Dockguard:
-    """An instance with no worker (its jobs stay `queued`) and an empty Redis database."""
-    instance = await instances.get(run_worker=False)
-    await instance.services.redis.flushdb()
-    return instance
-
-
-@pytest_asyncio.fixture
 async def full(instances: Instances) -> Dockguard:
     """No worker, and room for one job in the queue."""
     instance = await instances.get(run_worker=False, max_queued=1)

@@ -8,21 +8,12 @@ from typing import Any
 
 import aiodocker
 import httpx
-import pytest_asyncio
 
 from dockguard.store.keys import QUEUE_NAME
-from tests.e2e.conftest import Dockguard, Instances, assert_failed, assert_gone
+from tests.e2e.conftest import Dockguard, assert_failed, assert_gone
 from tests.e2e.test_submission import HAPPY, assert_problem
 
 SLEEPER = 'FROM busybox:latest\nUSER 1000\nCMD ["sleep", "60"]\n'
-
-
-@pytest_asyncio.fixture
-async def idle(instances: Instances) -> Dockguard:
-    """An instance with no worker (its jobs stay `queued`) and an empty Redis database."""
-    instance = await instances.get(run_worker=False)
-    await instance.services.redis.flushdb()
-    return instance
 
 
 async def post_json(instance: Dockguard, body: dict[str, Any]) -> httpx.Response:

@@ -118,10 +118,12 @@ class RedisJobStore:
                     before = Job.model_validate_json(raw)
                     job = changed(before, change)
                     record = job.model_dump_json()  # may raise: nothing is written then
-                    ttl_ms = await pipe.pttl(key)
+                    moved = job.status != before.status
+                    # Only a status change writes to the live log, which needs the record's TTL.
+                    ttl_ms = await pipe.pttl(key) if moved else 0
                     pipe.multi()
                     pipe.set(key, record, keepttl=True)
-                    if job.status != before.status:  # the live log's status entry (logs.py)
+                    if moved:  # the live log's status entry (logs.py)
                         logs.status_changed(
                             pipe,
                             job_id,

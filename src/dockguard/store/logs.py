@@ -22,7 +22,7 @@ import json
 import logging
 import re
 from collections import deque
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -179,10 +179,6 @@ class LogWriter:
             self._task = asyncio.create_task(self._run(), name=f"dockguard-log-{self._job_id}")
         self._wake.set()
 
-    def write_all(self, lines: Iterable[str | bytes]) -> None:
-        for line in lines:
-            self.write(line)
-
     async def aclose(self) -> None:
         """Send what is left (within a few seconds), then stop."""
         self._closing = True
@@ -195,12 +191,6 @@ class LogWriter:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-
-    async def __aenter__(self) -> LogWriter:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def _run(self) -> None:
         while True:
