@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from dockguard.dockerfile import Dockerfile, Instruction
 from dockguard.errors import ErrorCode, SubmissionError
 
-PLAIN_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
-_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9._:/@-]*$")
-_ARG = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$", re.DOTALL)
+PLAIN_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*\Z")
+_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9._:/@-]*\Z")
+_ARG = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?\Z", re.DOTALL)
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 SCRATCH = "scratch"
 # The engine's builtinAllowedBuildArgs: a build argument passed for one of these (the egress

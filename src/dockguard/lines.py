@@ -18,16 +18,21 @@ class LineSink(Protocol):
 
 
 # ECMA-48: CSI (ESC [ or the C1 byte 0x9b) … final byte; OSC/DCS/SOS/PM/APC strings ended by
-# BEL or ST; any other two-byte escape. Then every remaining control character but tab, and the
-# invisible Unicode characters that reorder or hide text (bidi controls, zero-width marks) or
-# break lines in some viewers (U+2028/U+2029).
+# BEL or ST; any other two-byte escape. Then every remaining control character but tab; every
+# Unicode format character (category Cf: bidi controls, zero-width marks, the soft hyphen, tag
+# characters that smuggle invisible text; tests/unit/test_lines.py checks the list against
+# `unicodedata`); the separators some viewers break lines at (U+2028/U+2029); and lone
+# surrogates, which a JSON-decoded build line can hold and no UTF-8 encoder accepts.
 _ESCAPES = re.compile(
     r"(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?"
     r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
     r"|\x1b[\x20-\x2f]*[\x30-\x7e]?"
 )
 _CONTROLS = re.compile(
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2"
+    "\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0001\U000e0020-\U000e007f]"
 )
 
 

@@ -23,8 +23,8 @@ class Severity(StrEnum):
 
 
 CommaList = Annotated[list[str], NoDecode]
-_PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
-_ORIGIN = re.compile(r"^https?://[^\s/?#@]+$")
+_PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}\Z")
+_ORIGIN = re.compile(r"^https?://[^\s/?#@]+\Z")
 
 
 class Settings(BaseSettings):

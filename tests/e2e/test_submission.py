@@ -90,6 +90,10 @@ async def test_json_submission_is_accepted(dockguard: Dockguard) -> None:
     assert job["status"] == "queued"
     assert job["error"] is None and job["result"] is None
     await dockguard.wait(job["id"])
+    # The id must be all of the path segment: not even a final newline (which `$` lets by).
+    for method, suffix in (("GET", ""), ("DELETE", ""), ("GET", "/logs")):
+        answer = await dockguard.client.request(method, f"/v1/jobs/{job['id']}%0A{suffix}")
+        assert_problem(answer, 404, "job_not_found")
 
 
 async def test_unknown_job_is_404(dockguard: Dockguard) -> None:

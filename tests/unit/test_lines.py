@@ -3,6 +3,7 @@ build stream and the container's output arrive (sandbox/build.py, sandbox/run.py
 
 from __future__ import annotations
 
+import unicodedata
 from collections import deque
 
 import pytest
@@ -74,3 +75,18 @@ def test_build_output_split_mid_line_is_one_line() -> None:
     progress.finish()
     assert sink.lines == ["Step 1/2 : RUN echo hi", "hi", "no newline at the end"]
     assert list(progress.tail) == sink.lines
+
+
+def test_every_unicode_format_character_is_removed() -> None:
+    """Category Cf (soft hyphen, bidi controls, tag characters…) hides or reorders text; the
+    list in lines.py must cover every one this Python's Unicode database knows."""
+    format_chars = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"]
+    kept = [f"U+{ord(c):04X}" for c in format_chars if clean_line(f"a{c}b") != "ab"]
+    assert not kept
+    assert clean_line("shy\xadhyphen \U000e0041\U000e007fhidden") == "shyhyphen hidden"
+
+
+def test_lone_surrogates_are_removed_so_the_line_encodes() -> None:
+    line = clean_line("half \ud83d pair \udc00 end")
+    assert line == "half  pair  end"
+    line.encode("utf-8")  # no UnicodeEncodeError

@@ -47,7 +47,7 @@ from .problems import problem_response, problem_responses
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_JOB_ID = re.compile(r"[0-9a-f]{32}")  # fullmatch: `$` would allow a final newline
 MAX_WAIT_S = 60.0
 _ABORT_POLL_S = 0.01
 _JSON_OVERHEAD = 6  # worst-case JSON escaping: one byte of text can take six (\u0000)
@@ -277,7 +277,7 @@ async def get_job(job_id: str, services: ServicesDep, wait: WaitQuery = None) ->
 
 
 async def _read_job(services: Services, job_id: str, wait_s: float | None) -> Job | None:
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         return None
     if wait_s is None or services.events is None:
         return await services.store.get(job_id)
@@ -298,7 +298,7 @@ async def _read_job(services: Services, job_id: str, wait_s: float | None) -> Jo
     responses=problem_responses(404, 409),
 )
 async def cancel_job(job_id: str, services: ServicesDep) -> JSONResponse:
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise JobNotFound(job_id[:64])
     job = await pipeline.cancel(services, job_id)
     # arq's abort: a queued arq job is dropped before it starts, a running one's task cancelled
@@ -424,7 +424,7 @@ _SSE_PING_S = 15
     response_class=Response,
 )
 async def job_logs(job_id: str, request: Request, services: ServicesDep) -> Response:
-    if not _JOB_ID.match(job_id) or await services.store.get(job_id) is None:
+    if not _JOB_ID.fullmatch(job_id) or await services.store.get(job_id) is None:
         raise JobNotFound(job_id[:64])
     redis = services.redis
     if "text/event-stream" not in request.headers.get("accept", ""):

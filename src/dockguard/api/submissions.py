@@ -22,7 +22,7 @@ from dockguard.store.keys import QUEUE_NAME
 
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 RETRY_AFTER_S = 10  # what a refused client is told to wait; jobs take seconds to minutes
-_KEY = re.compile(r"^[\x20-\x7e]{1,200}$")  # an HTTP structured-field string's characters
+_KEY = re.compile(r"^[\x20-\x7e]{1,200}\Z")  # an HTTP structured-field string's characters
 
 
 def check_idempotency_key(values: list[str]) -> str | None:

@@ -40,6 +40,7 @@ DATA_PATH = "/data"
 # The holder outlives any run (timeout, kill, log and result reads) and then ends by itself if
 # the worker died before its cleanup; the sweeper removes what is left.
 _HOLDER_EXTRA_S = 600
+_HOLDER_ATTEMPTS = 2
 
 
 @dataclass
@@ -106,12 +107,15 @@ def run_config(
 
 def holder_config(job_id: str, image: str, run_timeout_s: float) -> dict[str, Any]:
     """The /data holder's create body: it only sleeps, and cannot even read /data (0700)."""
+    # The limits leave room for the runtime's own init (runc's Go `init` runs inside the
+    # container's cgroup before it execs `sleep`): at 16 MiB and 4 pids the engine now and then
+    # answered "cannot start a stopped process".
     isolation = hardening.Isolation(
-        memory_mb=16,
-        pids=4,
+        memory_mb=64,
+        pids=8,
         cpus=0.1,
         file_size_mb=1,
-        nofile=16,
+        nofile=64,
         mounts=[_data_mount(names.volume_name(job_id), read_only=True)],
     )
     return hardening.container_config(
@@ -204,12 +208,20 @@ class Runner:
         self, job_id: str, limits: RunLimits
     ) -> aiodocker.docker.DockerContainer:
         image = self._holder_image
+        name = f"{names.container_name(job_id)}-data-holder"
         try:
-            holder = await self._docker.containers.create(
-                holder_config(job_id, image, limits.timeout_s),
-                name=f"{names.container_name(job_id)}-data-holder",
-            )
-            await holder.start()
+            for attempt in range(1, _HOLDER_ATTEMPTS + 1):
+                holder = await self._docker.containers.create(
+                    holder_config(job_id, image, limits.timeout_s), name=name
+                )
+                try:
+                    await holder.start()
+                    break
+                except aiodocker.DockerError as exc:  # a runtime hiccup: a fresh container
+                    if exc.status != 500 or attempt == _HOLDER_ATTEMPTS:
+                        raise
+                    log.warning("data holder did not start; again", extra={"why": str(exc)[:300]})
+                    await holder.delete(force=True)
         except aiodocker.DockerError as exc:
             log.error("data holder failed", extra={"image": image, "why": str(exc)[:300]})
             missing = exc.status == 404 and "image" in str(exc).lower()

@@ -19,8 +19,8 @@ NOBODY = 65534
 # The engine refuses ids past 2^31 - 1 only when the container starts ("uids and gids must be in
 # range 0-2147483647"); no real account is that large, so the sandbox stops one short of it.
 MAX_ID = 2**31 - 2
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_NUMBER = re.compile(r"^[0-9]{1,20}$")  # ASCII only: int() also takes other scripts' digits
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
+_NUMBER = re.compile(r"^[0-9]{1,20}\Z")  # ASCII only: int() also takes other scripts' digits
 _ACCOUNTS_MAX_BYTES = 1024 * 1024
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dockguard.models import DbMetadata, Finding, ScannerInfo, ScanPolicy, ScanReport
 from dockguard.settings import Severity
 
-_CHECK_ID = re.compile(r"^([A-Z]+)-?0*(\d+)$")
+_CHECK_ID = re.compile(r"^([A-Z]+)-?0*(\d+)\Z")
 _SEVERITY_ORDER = list(Severity)
 
 

@@ -131,7 +131,7 @@ def _event(entry_id: bytes | str, fields: dict[Any, Any]) -> LogEvent:
     return LogEvent(id=text(entry_id), kind=kind, data=data)  # type: ignore[arg-type]
 
 
-_ENTRY_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+_ENTRY_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}\Z")
 
 
 def valid_id(value: str) -> bool:
