@@ -46,6 +46,7 @@ class ErrorCode(StrEnum):
     REQUEST_INVALID = "request_invalid"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     LIMITS_EXCEED_POLICY = "limits_exceed_policy"
+    CALLBACK_NOT_ALLOWED = "callback_not_allowed"
     QUEUE_FULL = "queue_full"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"

@@ -258,6 +258,26 @@ class JobResult(BaseModel):
     data: dict[str, Any] = Field(description="The whole perf.json object.")
 
 
+class CallbackAttempt(BaseModel):
+    """One POST of the final job to its `callback_url`."""
+
+    at: datetime
+    status_code: int | None = Field(None, description="The receiver's HTTP status, if it answered.")
+    error: (
+        Literal["connection_failed", "timeout", "http_status", "address_not_allowed", "job_expired"]
+        | None
+    ) = Field(None, description="Why the attempt failed; null: delivered (2xx).")
+    duration_s: float
+
+
+class CallbackInfo(BaseModel):
+    """The job's webhook: where its final state goes, and what happened each time it was sent."""
+
+    url: str
+    delivered: bool = Field(False, description="True once the receiver answered 2xx.")
+    attempts: list[CallbackAttempt] = Field(default_factory=list)
+
+
 class Job(BaseModel):
     """A submitted Dockerfile and everything that happened to it."""
 
@@ -277,6 +297,9 @@ class Job(BaseModel):
             "The run limits the submission asked for (null: none); `run.limits` holds the ones "
             "applied."
         ),
+    )
+    callback: CallbackInfo | None = Field(
+        None, description="The webhook the submission asked for (null: none), and its attempts."
     )
     scan: ScanResults = Field(default_factory=ScanResults)
     build: BuildInfo | None = None
@@ -304,6 +327,14 @@ class SubmitRequest(BaseModel):
         None,
         description=(
             "Run limits up to the service's (each optional; above one: 400 `limits_exceed_policy`)."
+        ),
+    )
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        description=(
+            "Webhook: the final job is POSTed here, signed (`X-Dockguard-Signature`). Only to "
+            "hosts the service allows (else 400 `callback_not_allowed`)."
         ),
     )
 

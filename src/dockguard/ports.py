@@ -86,6 +86,17 @@ class DockerfileStore(Protocol):
         """The job has ended: let its Dockerfile go (now, or later by policy). Never raises."""
 
 
+class CallbackQueue(Protocol):
+    """The webhooks still to send, by job id and due time (store/callbacks.py)."""
+
+    async def claim(self, *, lease_s: float, limit: int, now: float | None = None) -> list[str]:
+        """Ids of the jobs whose attempt is due, each held for `lease_s`."""
+
+    async def retry_at(self, job_id: str, when: float) -> None: ...
+
+    async def done(self, job_id: str) -> None: ...
+
+
 class JobStore(Protocol):
     async def create(self, job: Job, dockerfile: str, *, deadline_s: float) -> None: ...
 

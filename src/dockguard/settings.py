@@ -66,6 +66,29 @@ class Settings(BaseSettings):
     max_dockerfile_bytes: int = Field(65536, ge=1)
     max_queued: int = Field(1000, ge=1)  # jobs in the queue; a submission past it gets 429
 
+    # Webhooks (callback_url): hosts they may go to (empty: off), and how they are sent
+    callback_allowed_hosts: CommaList = []
+    callback_secret: SecretStr | None = None  # HMAC-SHA256 key of X-Dockguard-Signature
+    callback_timeout_s: float = Field(10.0, gt=0, le=300)
+    callback_max_attempts: int = Field(5, ge=1, le=50)
+    callback_backoff_s: float = Field(1.0, gt=0, le=3600)  # doubles after each failed attempt
+
+    @field_validator("callback_allowed_hosts", mode="before")
+    @classmethod
+    def _callback_hosts(cls, value: object) -> object:
+        from dockguard.callbacks import parse_allowlist
+
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list):
+            parse_allowlist([str(item) for item in value])  # ValueError names the bad entry
+        return value
+
+    @field_validator("callback_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     # Submission policy
     allowed_base_images: CommaList = []
     require_base_digest: bool = False

@@ -1,6 +1,6 @@
 """`multipart/form-data` submissions (`curl -F dockerfile=@Dockerfile`), parsed by python-multipart
 as the body streams in: nothing but the one `dockerfile` part (and the optional run-limit fields,
-a few bytes each) is kept, and that part is refused
+a few bytes each, and `callback_url`) is kept, and that part is refused
 (413) as soon as it passes the Dockerfile limit, the whole body as soon as it passes the limit
 plus `FRAMING_BYTES`, before the rest of it has been read."""
 
@@ -14,6 +14,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
+from dockguard import callbacks
 from dockguard.errors import ErrorCode, SubmissionError
 
 if TYPE_CHECKING:
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
 
 FIELD = "dockerfile"
 LIMIT_FIELDS = ("run_timeout_s", "run_memory_mb", "run_cpus")  # models.RequestedLimits
-_LIMIT_VALUE_BYTES = 32  # a number's text
+CALLBACK_FIELD = "callback_url"
+# The small fields beside the Dockerfile, and the most bytes each may hold.
+_FIELD_BYTES = {**dict.fromkeys(LIMIT_FIELDS, 32), CALLBACK_FIELD: callbacks.MAX_URL_CHARS}
 FRAMING_BYTES = 16 * 1024  # boundaries and part headers; python-multipart caps each header line
 _IDENTITY_ENCODINGS = frozenset({b"", b"7bit", b"8bit", b"binary"})
 
@@ -30,7 +33,7 @@ def _invalid(why: str) -> SubmissionError:
     return SubmissionError(
         ErrorCode.REQUEST_INVALID,
         f"{why}; send one form field, `{FIELD}`, holding the Dockerfile, and optionally "
-        f"{', '.join(f'`{name}`' for name in LIMIT_FIELDS)}",
+        f"{', '.join(f'`{name}`' for name in (*LIMIT_FIELDS, CALLBACK_FIELD))}",
     )
 
 
@@ -44,17 +47,19 @@ def _too_large(what: str, limit: int) -> SubmissionError:
 class Form:
     dockerfile: bytes
     limits: dict[str, str]  # the run-limit fields sent, as text (checked by the caller)
+    callback_url: str | None = None
 
 
 class _Form:
-    """python-multipart's callbacks: keep the `dockerfile` part and the run-limit fields,
-    refuse anything else."""
+    """python-multipart's callbacks: keep the `dockerfile` part and the small fields (run
+    limits, callback URL), refuse anything else."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.dockerfile: bytearray | None = None
-        self.limits: dict[str, bytearray] = {}
-        self._limit_field: bytearray | None = None
+        self.fields: dict[str, bytearray] = {}
+        self._small: bytearray | None = None
+        self._small_cap = 0
         self.ended = False
         self._headers: dict[bytes, bytes] = {}
         self._field = bytearray()
@@ -64,7 +69,7 @@ class _Form:
     def on_part_begin(self) -> None:
         self._headers = {}
         self._in_dockerfile = False
-        self._limit_field = None
+        self._small = None
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]
@@ -83,10 +88,11 @@ class _Form:
         if disposition != b"form-data" or name is None:
             raise _invalid("a part has no Content-Disposition: form-data with a name")
         field = name.decode("latin-1")
-        if field in LIMIT_FIELDS:
-            if field in self.limits:
+        if field in _FIELD_BYTES:
+            if field in self.fields:
                 raise _invalid(f"more than one `{field}` field")
-            self._limit_field = self.limits[field] = bytearray()
+            self._small = self.fields[field] = bytearray()
+            self._small_cap = _FIELD_BYTES[field]
             return
         if field != FIELD:
             raise _invalid(f"unexpected form field {field[:64]!r}")
@@ -99,10 +105,10 @@ class _Form:
         self._in_dockerfile = True
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._limit_field is not None:
-            if len(self._limit_field) + (end - start) > _LIMIT_VALUE_BYTES:
-                raise _invalid(f"a run-limit field is longer than {_LIMIT_VALUE_BYTES} bytes")
-            self._limit_field += data[start:end]
+        if self._small is not None:
+            if len(self._small) + (end - start) > self._small_cap:
+                raise _invalid(f"a field is longer than its {self._small_cap}-byte limit")
+            self._small += data[start:end]
         if self._in_dockerfile and self.dockerfile is not None:
             if len(self.dockerfile) + (end - start) > self.limit:
                 raise _too_large("the Dockerfile", self.limit)
@@ -118,7 +124,7 @@ async def read_dockerfile(request: Request, limit: int) -> bytes:
 
 
 async def read_form(request: Request, limit: int) -> Form:
-    """The `dockerfile` field's bytes and the run-limit fields, read while the body streams in,
+    """The `dockerfile` field's bytes and the small fields, read while the body streams in,
     never more than `limit` of the Dockerfile nor `limit` + FRAMING_BYTES of the body."""
     _, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
@@ -147,10 +153,11 @@ async def read_form(request: Request, limit: int) -> Form:
     if form.dockerfile is None:
         raise _invalid(f"no `{FIELD}` field")
     try:
-        limits = {name: value.decode("ascii").strip() for name, value in form.limits.items()}
+        fields = {name: value.decode("ascii").strip() for name, value in form.fields.items()}
     except UnicodeDecodeError:
-        raise _invalid("a run-limit field is not ASCII") from None
-    return Form(bytes(form.dockerfile), limits)
+        raise _invalid("a field beside the Dockerfile is not ASCII") from None
+    callback_url = fields.pop(CALLBACK_FIELD, None)
+    return Form(bytes(form.dockerfile), fields, callback_url)
 
 
 def _callbacks(form: _Form) -> MultipartCallbacks:

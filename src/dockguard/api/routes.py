@@ -33,7 +33,6 @@ from dockguard.models import (
     Job,
     JobList,
     JobStatus,
-    RequestedLimits,
     ScannerStatus,
     SubmitRequest,
 )
@@ -105,6 +104,11 @@ _SUBMIT_BODY: dict[str, Any] = {
                             }
                             for name in multipart.LIMIT_FIELDS
                         },
+                        multipart.CALLBACK_FIELD: {
+                            "type": "string",
+                            "maxLength": 2048,
+                            "description": "Optional: as `callback_url` in JSON.",
+                        },
                     },
                     "additionalProperties": False,
                 }
@@ -166,16 +170,17 @@ async def submit_job(
     headers = request.headers.getlist(submissions.IDEMPOTENCY_KEY_HEADER)
     key = submissions.check_idempotency_key(headers)
     limit = services.settings.max_dockerfile_bytes
-    body, requested = await _submission(request, limit)
-    parsed = dockerfile_parser.parse(body, limit)
+    submitted = await _submission(request, limit)
+    parsed = dockerfile_parser.parse(submitted.dockerfile, limit)
     submission_policy.check(parsed, policy)
     settings = services.settings
-    submissions.check_limits(requested, settings)
+    submissions.check_limits(submitted.limits, settings)
     job = Job(
         id=uuid.uuid4().hex,
         dockerfile_sha256=parsed.sha256,
-        dockerfile_bytes=len(body),
-        requested_limits=requested,
+        dockerfile_bytes=len(submitted.dockerfile),
+        requested_limits=submitted.limits,
+        callback=submissions.check_callback(submitted.callback_url, settings),
     )
     once = submissions.idempotency(services, key, job)
     if once is not None and (earlier := await once.earlier_job()) is not None:
@@ -207,31 +212,37 @@ def _job_response(job: Job, status: int) -> JSONResponse:
     )
 
 
-async def _submission(request: Request, limit: int) -> tuple[bytes, RequestedLimits | None]:
-    """The Dockerfile's bytes and the requested run limits (None: none asked for)."""
+async def _submission(request: Request, limit: int) -> submissions.Submitted:
+    """The Dockerfile's bytes and the submission's parameters, however they were sent."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "text/plain":
-        return await _read_capped(request, limit), None
+        return submissions.Submitted(await _read_capped(request, limit))
     if media_type == "multipart/form-data":
         form = await multipart.read_form(request, limit)
-        return form.dockerfile, submissions.parse_limits(dict(form.limits))
+        return submissions.Submitted(
+            form.dockerfile, submissions.parse_limits(dict(form.limits)), form.callback_url
+        )
     if media_type == "application/json":
         raw = await _read_capped(request, limit * _JSON_OVERHEAD + 1024)
         try:
-            submitted = SubmitRequest.model_validate_json(raw)
+            sent = SubmitRequest.model_validate_json(raw)
         except ValidationError as exc:
             if all(err["loc"][:1] == ("limits",) for err in exc.errors()):
                 raise submissions.invalid_limits(exc) from exc
             raise SubmissionError(
                 ErrorCode.REQUEST_INVALID,
-                'the body must be a JSON object {"dockerfile": "<text>", "limits": {...}}',
+                'the body must be a JSON object {"dockerfile": "<text>", "limits": {...}, '
+                '"callback_url": "<url>"}',
             ) from exc
         try:
-            return submitted.dockerfile.encode("utf-8"), submissions.nonempty(submitted.limits)
+            dockerfile = sent.dockerfile.encode("utf-8")
         except UnicodeEncodeError:
             raise SubmissionError(
                 ErrorCode.DOCKERFILE_ENCODING, "the Dockerfile is not valid Unicode text"
             ) from None
+        return submissions.Submitted(
+            dockerfile, submissions.nonempty(sent.limits), sent.callback_url
+        )
     raise SubmissionError(
         ErrorCode.UNSUPPORTED_MEDIA_TYPE,
         "send the Dockerfile as text/plain, application/json or multipart/form-data",

@@ -1,6 +1,6 @@
 """What `POST /v1/jobs` decides beside the Dockerfile itself: the requested run limits (never
-above the operator's), the Idempotency-Key (a retried submission gets its first job back) and
-backpressure (a full queue refuses new jobs)."""
+above the operator's), the webhook (only where the operator allows), the Idempotency-Key (a
+retried submission gets its first job back) and backpressure (a full queue refuses new jobs)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from dockguard import callbacks
 from dockguard.errors import ErrorCode, LimitsExceedPolicy, QueueFull, SubmissionError
-from dockguard.models import Job, RequestedLimits
+from dockguard.models import CallbackInfo, Job, RequestedLimits
 from dockguard.ports import JobStore
 from dockguard.services import Services
 from dockguard.settings import Settings
@@ -75,12 +76,34 @@ def check_limits(requested: RequestedLimits | None, settings: Settings) -> None:
             raise LimitsExceedPolicy(field, value, maximum)
 
 
-def fingerprint(dockerfile_sha256: str, limits: RequestedLimits | None = None) -> str:
+def check_callback(url: str | None, settings: Settings) -> CallbackInfo | None:
+    """The job's webhook (None: none asked for); 400 `callback_not_allowed` unless the service
+    allows webhooks to that host (see callbacks.py), 422 `request_invalid` for a bad URL."""
+    if url is None:
+        return None
+    allowlist = callbacks.parse_allowlist(settings.callback_allowed_hosts)
+    return CallbackInfo(url=callbacks.check_url(url, allowlist).url)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What a submission sent, whichever way (JSON, text, form): not checked yet."""
+
+    dockerfile: bytes
+    limits: RequestedLimits | None = None
+    callback_url: str | None = None
+
+
+def fingerprint(
+    dockerfile_sha256: str, limits: RequestedLimits | None = None, callback_url: str | None = None
+) -> str:
     """What a repeated submission must match: the Dockerfile (whichever way it was sent) and the
-    submission's parameters (the requested limits, whichever way they were sent)."""
+    submission's parameters (the requested limits and the webhook, whichever way sent)."""
     parameters: dict[str, object] = {}
     if limits is not None:
         parameters["limits"] = limits.model_dump(exclude_none=True)
+    if callback_url is not None:
+        parameters["callback_url"] = callback_url
     canonical = json.dumps({"dockerfile_sha256": dockerfile_sha256, "parameters": parameters})
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -134,7 +157,8 @@ def idempotency(services: Services, key: str | None, job: Job) -> Idempotency | 
     if key is None:
         return None
     keys = IdempotencyKeys(services.redis, services.settings.job_ttl_s)
-    claim = Claim(fingerprint(job.dockerfile_sha256, job.requested_limits), job.id)
+    callback_url = None if job.callback is None else job.callback.url
+    claim = Claim(fingerprint(job.dockerfile_sha256, job.requested_limits, callback_url), job.id)
     return Idempotency(keys, services.store, key, claim)
 
 

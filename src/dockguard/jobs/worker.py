@@ -1,16 +1,20 @@
-"""The arq worker: one task, `run_job(job_id)`. Used standalone (`dockguard worker`) and inside
-`dockguard serve`."""
+"""The arq worker: one task, `run_job(job_id)`, and beside it the webhook sender
+(jobs/callbacks.py). Used standalone (`dockguard worker`) and inside `dockguard serve`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from arq import Worker, func
 
+from dockguard.jobs.callbacks import CallbackSender
 from dockguard.jobs.dbrefresh import refresh_cron
 from dockguard.jobs.pipeline import ARQ_MARGIN_S, job_timeout_s, run_job
 from dockguard.jobs.sweeper import reap_cron, sweep_cron
 from dockguard.services import Services, deserialize, serialize
+from dockguard.store.callbacks import CallbackOutbox
 from dockguard.store.keys import QUEUE_NAME
 
 TASK = "run_job"
@@ -32,6 +36,21 @@ def _arq_timeout_s(services: Services) -> float:
     return job_timeout_s(services.settings) + ARQ_MARGIN_S
 
 
+async def _start_sender(ctx: dict[str, Any]) -> None:
+    services: Services = ctx["services"]
+    sender = CallbackSender(services.settings, services.store, CallbackOutbox(services.redis))
+    ctx["callback_sender"] = asyncio.create_task(sender.run(), name="callback-sender")
+
+
+async def _stop_sender(ctx: dict[str, Any]) -> None:
+    """An attempt cut short here is made again when its claim runs out (store/callbacks.py)."""
+    task: asyncio.Task[None] | None = ctx.pop("callback_sender", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_worker(services: Services, *, handle_signals: bool) -> Worker:
     return Worker(
         functions=[func(_task, name=TASK, max_tries=MAX_TRIES, timeout=_arq_timeout_s(services))],
@@ -39,6 +58,8 @@ def create_worker(services: Services, *, handle_signals: bool) -> Worker:
         redis_pool=services.redis,
         queue_name=QUEUE_NAME,
         ctx={"services": services},
+        on_startup=_start_sender,
+        on_shutdown=_stop_sender,
         max_jobs=services.settings.worker_concurrency,
         keep_result=KEEP_RESULT_S,
         poll_delay=POLL_DELAY_S,

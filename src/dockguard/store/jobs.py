@@ -5,7 +5,8 @@ Beside the records, a sorted set holds the deadline of every unfinished job, so 
 reaper can fail a job that no worker finished in time (`worker_lost`): `create` and
 `set_deadline` write it, `update` to a terminal status and `forget_deadline` clear it. An
 `update` to a terminal status also publishes the job's id (see events.py), and every status
-change is an entry of the job's live log, in the same transaction (see logs.py).
+change is an entry of the job's live log, in the same transaction (see logs.py), as is, for a job
+with a webhook, the webhook's first attempt when the job ends (see callbacks.py).
 A second sorted set indexes every job by creation time for `list_jobs` (see listing.py): `create`
 adds to it (and trims what is older than the TTL), `delete` and listing remove from it.
 (Every Redis key is built in keys.py.)"""
@@ -21,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from dockguard.models import Job, JobStatus, utcnow
-from dockguard.store import listing, logs
+from dockguard.store import callbacks, listing, logs
 from dockguard.store.keys import DEADLINES, JOB_ENDED_CHANNEL, JOBS, job_key, logs_key
 
 if TYPE_CHECKING:  # the store layer does not load the sandbox (and aiodocker) at run time
@@ -135,6 +136,8 @@ class RedisJobStore:
                     if job.status.terminal:
                         pipe.zrem(DEADLINES, job_id)
                         pipe.publish(JOB_ENDED_CHANNEL, job_id)  # wakes `?wait=` (events.py)
+                        if moved and job.callback is not None:  # its webhook (callbacks.py)
+                            callbacks.schedule(pipe, job_id)
                     await pipe.execute()
                     return job
                 except WatchError:
