@@ -129,8 +129,22 @@ _SUBMIT_BODY: dict[str, Any] = {
         }
     ],
 }
+# OpenAPI links: what a client (and schemathesis' stateful phase) can do next with a new job.
+_JOB_LINKS: dict[str, Any] = {
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
+    for name, operation in (
+        ("GetJob", "getJob"),
+        ("CancelJob", "cancelJob"),
+        ("GetJobLogs", "getJobLogs"),
+    )
+}
 _REPLAYED: dict[int | str, dict[str, Any]] = {
-    200: {"model": Job, "description": "The job an earlier submission with this key made."}
+    202: {"description": "The job, queued.", "links": _JOB_LINKS},
+    200: {
+        "model": Job,
+        "description": "The job an earlier submission with this key made.",
+        "links": _JOB_LINKS,
+    },
 }
 
 
@@ -149,6 +163,7 @@ WaitQuery = Annotated[
 
 @router.post(
     "/v1/jobs",
+    operation_id="submitJob",
     status_code=202,
     response_model=Job,
     summary="Submit a Dockerfile",
@@ -272,6 +287,7 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 
 @router.get(
     "/v1/jobs/{job_id}",
+    operation_id="getJob",
     response_model=Job,
     summary="Read a job",
     description=(
@@ -297,6 +313,7 @@ async def _read_job(services: Services, job_id: str, wait_s: float | None) -> Jo
 
 @router.delete(
     "/v1/jobs/{job_id}",
+    operation_id="cancelJob",
     status_code=202,
     response_model=Job,
     summary="Cancel a job",
@@ -342,6 +359,7 @@ CursorQuery = Annotated[
 
 @router.get(
     "/v1/jobs",
+    operation_id="listJobs",
     response_model=JobList,
     summary="List jobs, newest first",
     description=(
@@ -364,6 +382,7 @@ async def list_jobs(
 
 @router.get(
     "/v1/scanner",
+    operation_id="getScanner",
     response_model=ScannerStatus,
     summary="The scanner and its vulnerability DB",
     description=(
@@ -379,13 +398,14 @@ async def scanner_status(services: ServicesDep) -> ScannerStatus:
         raise ServiceUnavailable(failure.message) from failure
 
 
-@router.get("/healthz", summary="Liveness: the process is up")
+@router.get("/healthz", operation_id="healthz", summary="Liveness: the process is up")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get(
     "/readyz",
+    operation_id="readyz",
     summary="Readiness: Redis and the Docker Engine answer",
     responses=problem_responses(503),
 )
@@ -413,6 +433,7 @@ _SSE_PING_S = 15
 
 @router.get(
     "/v1/jobs/{job_id}/logs",
+    operation_id="getJobLogs",
     summary="Watch a job's build and run output",
     description=(
         "With `Accept: text/event-stream`: Server-Sent Events as they happen, each with an `id`. "
