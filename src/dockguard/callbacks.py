@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 import time
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
@@ -30,6 +31,9 @@ _METADATA = frozenset(
 )
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # Linux connects 0.x.y.z to this host
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+_TIMESTAMP = re.compile(r"[1-9][0-9]{0,11}")  # ASCII digits (isdigit takes others), one spelling
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -107,7 +111,7 @@ class Target:
     host: str  # lower case, no brackets
     port: int
     path: str  # path and query, as sent
-    pattern: HostPattern  # the allowlist entry that let it through
+    patterns: tuple[HostPattern, ...]  # every allowlist entry that matches it
 
 
 def check_url(url: str, allowlist: tuple[HostPattern, ...]) -> Target:
@@ -119,17 +123,17 @@ def check_url(url: str, allowlist: tuple[HostPattern, ...]) -> Target:
         raise _not_allowed("webhooks are off on this service (DOCKGUARD_CALLBACK_ALLOWED_HOSTS)")
     host = (parts.hostname or "").rstrip(".")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    pattern = next((p for p in allowlist if p.matches(host, port)), None)
-    if pattern is None:
+    patterns = tuple(p for p in allowlist if p.matches(host, port))
+    if not patterns:
         raise _not_allowed(
             f"callback host {host[:100]!r} (port {port}) is not in this service's allowlist"
         )
     literal = _literal(host)
-    if literal is not None and not address_allowed(literal, pattern):
+    if literal is not None and not address_allowed(literal, patterns):
         raise never_to(literal)
     path = parts.path or "/"
     return Target(
-        url, parts.scheme, host, port, path + (f"?{parts.query}" if parts.query else ""), pattern
+        url, parts.scheme, host, port, path + (f"?{parts.query}" if parts.query else ""), patterns
     )
 
 
@@ -147,11 +151,22 @@ def _split(url: str) -> SplitResult:
         parts.port  # noqa: B018 -- raises ValueError for a bad port
     except ValueError:
         raise invalid from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not _valid_host(parts.hostname or ""):
         raise invalid
     if parts.username is not None or parts.password is not None or parts.fragment or "#" in url:
         raise invalid
     return parts
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address without a zone id (`%eth0`), or a DNS name: 1-63 character labels of
+    letters, digits, `-` and `_`, 253 characters in all (what a resolver takes without error)."""
+    if "%" in host:
+        return False
+    if _literal(host) is not None:
+        return True
+    name = host.rstrip(".")
+    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
 
 
 def _not_allowed(why: str) -> SubmissionError:
@@ -165,9 +180,10 @@ def never_to(where: IPAddress | str) -> SubmissionError:
     )
 
 
-def address_allowed(address: IPAddress, pattern: HostPattern) -> bool:
-    """Whether a callback may connect to `address`, reached through `pattern`."""
-    return not special(address) or pattern.allows_special(address)
+def address_allowed(address: IPAddress, patterns: tuple[HostPattern, ...]) -> bool:
+    """Whether a callback may connect to `address`, its URL matched by `patterns`: any of them
+    that names a special address allows it, whatever the order of the entries."""
+    return not special(address) or any(p.allows_special(address) for p in patterns)
 
 
 def special(address: IPAddress) -> bool:
@@ -224,17 +240,19 @@ def verify(
     secret: bytes, header: str, body: bytes, *, tolerance_s: int = DEFAULT_TOLERANCE_S
 ) -> bool:
     """What a receiver does: True when `header` signs `body` with `secret` and was made within
-    `tolerance_s` of now. (Constant-time comparison; any v1 value may match, for key rotation.)"""
-    fields = [item.partition("=") for item in header.split(",")]
-    stamps = [value for key, _, value in fields if key.strip() == "t"]
-    if len(stamps) != 1 or not stamps[0].strip().isdigit():
+    `tolerance_s` of now; False for anything else, a malformed header included (never raises).
+    Any of several `v1` values may match (key rotation); comparisons are constant-time."""
+    fields = [item.strip().partition("=") for item in header.split(",")]
+    stamps = [value for key, _, value in fields if key == "t"]
+    digests = [value for key, _, value in fields if key == "v1"]
+    if len(stamps) != 1 or not _TIMESTAMP.fullmatch(stamps[0]):
         return False
     t = int(stamps[0])
     if abs(time.time() - t) > tolerance_s:
         return False
-    expected = sign(secret, body, t).partition(",v1=")[2]
+    expected = sign(secret, body, t).partition(",v1=")[2].encode()
     return any(
-        hmac.compare_digest(value.strip(), expected)
-        for key, _, value in fields
-        if key.strip() == "v1"
+        hmac.compare_digest(value.encode(), expected)
+        for value in digests
+        if _DIGEST.fullmatch(value)
     )

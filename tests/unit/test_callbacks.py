@@ -3,14 +3,18 @@ retry rules (jobs/callbacks.py) against in-memory fakes and httpx's mock transpo
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 import time
+from typing import Any
 
 import httpx
 import pytest
 
 from dockguard import callbacks
 from dockguard.errors import SubmissionError
+from dockguard.jobs import callbacks as jobs_callbacks
 from dockguard.jobs.callbacks import CallbackSender
 from dockguard.models import CallbackInfo, Job, JobStatus
 from dockguard.settings import Settings
@@ -40,6 +44,8 @@ def test_a_bad_allowlist_entry_is_refused(entry: str) -> None:
         (("localhost",), "http://127.0.0.1:5000/x"),
         (("localhost",), "http://[::1]/x"),
         (("[::1]:8080",), "http://[::1]:8080/x"),
+        (("*", "127.0.0.1:5000"), "http://127.0.0.1:5000/x"),  # any matching entry, any order
+        (("*", "localhost"), "http://[::1]/x"),
     ],
 )
 def test_allowed(entries: tuple[str, ...], url: str) -> None:
@@ -95,6 +101,12 @@ def test_not_allowed(entries: tuple[str, ...], url: str) -> None:
         "http://hooks.example.com/\n",
         "http:///x",
         "http://hooks.example.com/" + "x" * 2048,
+        "http://a..example.com/x",  # an empty label: the resolver would raise, not answer
+        "http://" + "a" * 64 + ".example.com/x",
+        "http://./x",
+        "http://[fd00:ec2::254%251]/x",  # a zone id hides the address from the checks
+        "http://[fe80::1%25eth0]/x",
+        "http://host$name/x",
     ],
 )
 def test_malformed(url: str) -> None:
@@ -114,8 +126,24 @@ def test_a_signature_verifies_only_with_its_secret_body_and_time() -> None:
     assert callbacks.verify(b"secret", old, body, tolerance_s=900)
     t, v1 = header.split(",")
     assert callbacks.verify(b"secret", f"{t},v1=00ff,{v1}", body)  # one of several keys
-    for broken in ("", v1, f"{t}", "t=abc," + v1, f"{t},{t},{v1}"):
-        assert not callbacks.verify(b"secret", broken, body)
+    stamp = t.partition("=")[2]
+    hostile = [
+        "",
+        v1,
+        t,
+        "t=abc," + v1,
+        f"{t},{t},{v1}",
+        "t=\u00b2," + v1,
+        "t=" + "9" * 5000 + "," + v1,
+        f"{t},v1=\u00e9",
+        f"t=\u0661\u0662,{v1}",
+        f"t=0{stamp},{v1}",
+        "=,=,,",
+        "t",
+        "v1",
+    ]
+    for broken in hostile:  # never raises, never True
+        assert not callbacks.verify(b"secret", broken, body), broken
 
 
 def test_embedded_ipv4_is_checked() -> None:
@@ -235,3 +263,50 @@ async def test_an_allowlist_narrowed_after_submission_stops_the_webhook() -> Non
     job = await store.get(job.id)
     assert job is not None and job.callback is not None
     assert job.callback.attempts[0].error == "address_not_allowed"
+
+
+async def test_an_unexpected_error_still_counts_as_an_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sender, store, queue, _ = await sender_with([200], callback_max_attempts=2)
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sender, "_attempt", broken)
+    for _ in range(3):
+        queue.due["a" * 32] = 0
+        await sender.send_due()
+    job = await store.get("a" * 32)
+    assert job is not None and job.callback is not None
+    assert len(job.callback.attempts) == 2  # bounded: given up, and not tried when taken again
+    assert "a" * 32 not in queue.due
+
+
+async def test_a_stalling_resolver_holds_up_only_the_senders_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sender, store, queue, _ = await sender_with([200])
+    monkeypatch.setattr(jobs_callbacks, "_RESOLVE_TIMEOUT_S", 0.3)
+    real = socket.getaddrinfo
+
+    def stalling(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.5)  # a nameserver that drops queries
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stalling)
+    first = await store.get("a" * 32)
+    assert first is not None
+    for n in range(1, 8):  # 8 webhooks due: more than the event loop's own 6 threads here
+        await store.create(first.model_copy(update={"id": f"{n}" * 32}), "", deadline_s=60)
+        queue.due[f"{n}" * 32] = 0
+    stalled = asyncio.create_task(sender.send_due())
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await asyncio.to_thread(lambda: None)  # what the pipeline does (cgroups, archives)
+    assert time.monotonic() - started < 0.2
+    assert await stalled == 8
+    for digit in "a1234567":
+        job = await store.get(digit * 32)
+        assert job is not None and job.callback is not None
+        assert job.callback.attempts[0].error == "timeout"

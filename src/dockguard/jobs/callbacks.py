@@ -3,21 +3,25 @@ store/callbacks.py) and POSTs each final job to its `callback_url`, signed (call
 
 Each attempt is recorded on the job (`callback.attempts`). A connection failure, a timeout, a
 5xx, 408 or 429 is tried again after `DOCKGUARD_CALLBACK_BACKOFF_S`, doubled after each failure
-(at most `_MAX_BACKOFF_S`), up to `DOCKGUARD_CALLBACK_MAX_ATTEMPTS` attempts in all; any other
-answer is final (2xx: `callback.delivered`). The name is resolved at each attempt, every address
-it resolves to is checked (no loopback, link-local or metadata address unless the allowlist names
-it), and the connection goes to the checked address itself (Host and TLS name kept), so a DNS
-answer that changes between the check and the connection cannot redirect it. Redirects are not
-followed, proxies from the environment are not used, and the receiver's body is never read."""
+(at most `_MAX_BACKOFF_S`, or the setting when it is larger), up to
+`DOCKGUARD_CALLBACK_MAX_ATTEMPTS` attempts in all; any other answer is final (2xx:
+`callback.delivered`). The name is resolved at each attempt (in threads of the sender's own), every
+address it resolves to is checked (no loopback, link-local or metadata address unless the
+allowlist names it), and the connection goes to the checked address itself (Host and TLS name
+kept), so a DNS answer that changes between the check and the connection cannot redirect it.
+Redirects are not followed, proxies from the environment are not used, and the receiver's body
+is never read (so the connection is closed, never reused for another receiver)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -31,7 +35,8 @@ from dockguard.settings import Settings
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # how often the sender looks for due webhooks
-_BATCH = 16  # webhooks claimed at once (and sent concurrently)
+_CONCURRENCY = 16  # webhooks one sender has in flight at most
+_RESOLVERS = 4  # threads for name lookups; more lookups wait their turn (within the timeout)
 _MAX_BACKOFF_S = 300.0
 _RESOLVE_TIMEOUT_S = 5.0
 _RETRIED_STATUSES = frozenset({408, 429})
@@ -41,6 +46,10 @@ _RETRIED_STATUSES = frozenset({408, 429})
 class _Outcome:
     attempt: CallbackAttempt
     retry: bool
+
+
+def _failed_attempt() -> CallbackAttempt:
+    return CallbackAttempt(at=utcnow(), error="connection_failed", duration_s=0.0)
 
 
 class CallbackSender:
@@ -60,32 +69,56 @@ class CallbackSender:
         self._client = httpx.AsyncClient(
             transport=transport, trust_env=False, follow_redirects=False
         )
+        # Name lookups block a thread each, for as long as a slow resolver takes (the timeout
+        # only stops the wait): in a pool of their own, never the one the pipeline uses.
+        self._resolver = ThreadPoolExecutor(_RESOLVERS, thread_name_prefix="callback-dns")
         # Claimed for at most one attempt's time, and a margin: then another sender may take it.
         self._lease_s = settings.callback_timeout_s + _RESOLVE_TIMEOUT_S + 30
 
     async def run(self) -> None:
-        """Send due webhooks until cancelled. A Redis error is logged and the loop goes on."""
+        """Send due webhooks until cancelled, up to `_CONCURRENCY` at a time: a slot is taken
+        again as soon as its attempt ends, so a slow receiver holds up one slot, not a batch."""
         if self._allowlist and self._secret is None:
             log.warning(
                 "webhooks are sent unsigned: set DOCKGUARD_CALLBACK_SECRET so receivers can "
                 "check that a call comes from this service"
             )
+        sending: set[asyncio.Task[None]] = set()
         try:
             while True:
-                if await self.send_due() < _BATCH:  # a full batch: more may be due at once
-                    await asyncio.sleep(POLL_S)
+                for job_id in await self._claim(_CONCURRENCY - len(sending)):
+                    task = asyncio.create_task(self._deliver_logged(job_id))
+                    sending.add(task)
+                    task.add_done_callback(sending.discard)
+                await asyncio.sleep(POLL_S)
         finally:
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
             await self._client.aclose()
+            self._resolver.shutdown(wait=False, cancel_futures=True)
 
     async def send_due(self) -> int:
-        """One attempt for each webhook due now (at most a batch); how many there were."""
-        try:
-            due = await self._outbox.claim(lease_s=self._lease_s, limit=_BATCH)
-            await asyncio.gather(*(self.deliver(job_id) for job_id in due))
-        except Exception:
-            log.exception("webhook sender failed; going on")
-            return 0
+        """One attempt for each webhook due now (up to `_CONCURRENCY`), all awaited; how many."""
+        due = await self._claim(_CONCURRENCY)
+        await asyncio.gather(*(self._deliver_logged(job_id) for job_id in due))
         return len(due)
+
+    async def _claim(self, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        try:
+            return await self._outbox.claim(lease_s=self._lease_s, limit=limit)
+        except Exception:  # a hiccup (Redis down) must not stop the sender
+            log.exception("webhook sender cannot read its queue; going on")
+            return []
+
+    async def _deliver_logged(self, job_id: str) -> None:
+        """`deliver`, its failure (Redis) logged: the claim then runs out and it is tried again."""
+        try:
+            await self.deliver(job_id)
+        except Exception:
+            log.exception("webhook attempt failed", extra={"job_id": job_id})
 
     async def deliver(self, job_id: str) -> None:
         """One attempt for the job's webhook, recorded on the job, then retried later or done."""
@@ -93,7 +126,14 @@ class CallbackSender:
         if job is None or job.callback is None or job.callback.delivered:
             await self._outbox.done(job_id)
             return
-        outcome = await self._attempt(job)
+        if len(job.callback.attempts) >= self._settings.callback_max_attempts:
+            await self._outbox.done(job_id)  # a claim taken again after the last attempt
+            return
+        try:
+            outcome = await self._attempt(job)
+        except Exception:  # a bug here must still count as an attempt, so attempts stay bounded
+            log.exception("webhook attempt failed unexpectedly", extra={"job_id": job_id})
+            outcome = _Outcome(_failed_attempt(), retry=True)
         attempt = outcome.attempt
 
         def record(stored: Job) -> None:
@@ -105,7 +145,8 @@ class CallbackSender:
         tries = len(job.callback.attempts) + 1
         extra = {"job_id": job_id, "attempt": tries, "status_code": attempt.status_code}
         if recorded is not None and outcome.retry and tries < self._settings.callback_max_attempts:
-            delay_s = min(self._settings.callback_backoff_s * 2 ** (tries - 1), _MAX_BACKOFF_S)
+            backoff_s = self._settings.callback_backoff_s
+            delay_s = min(backoff_s * 2 ** (tries - 1), max(_MAX_BACKOFF_S, backoff_s))
             log.info("webhook failed; will try again", extra={**extra, "error": attempt.error})
             await self._outbox.retry_at(job_id, time.time() + delay_s)
             return
@@ -138,8 +179,12 @@ class CallbackSender:
             address = await self._resolve(target)
         except SubmissionError:  # the allowlist changed since submission, or the name's answer
             return outcome("address_not_allowed")
-        except (OSError, TimeoutError):
+        except TimeoutError:
+            return outcome("timeout", retry=True)
+        except OSError:
             return outcome("connection_failed", retry=True)
+        except ValueError:  # a name the resolver refuses (an IDNA error): it never will resolve
+            return outcome("address_not_allowed")
         try:
             status = await self._post(target, address, job)
         except (httpx.TimeoutException, TimeoutError):
@@ -155,10 +200,13 @@ class CallbackSender:
         """The address to connect to; SubmissionError when any address the name has is one
         webhooks never go to (a name that points at loopback is refused, not skipped)."""
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(_RESOLVE_TIMEOUT_S):
-            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        lookup = functools.partial(
+            socket.getaddrinfo, target.host, target.port, type=socket.SOCK_STREAM
+        )
+        async with asyncio.timeout(_RESOLVE_TIMEOUT_S):  # the thread may go on: it is ours
+            infos = await loop.run_in_executor(self._resolver, lookup)
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-        refused = [a for a in addresses if not callbacks.address_allowed(a, target.pattern)]
+        refused = [a for a in addresses if not callbacks.address_allowed(a, target.patterns)]
         if not addresses or refused:
             raise callbacks.never_to(refused[0] if refused else target.host)
         return addresses[0]
