@@ -19,7 +19,7 @@ _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 }
 
 
-class _ContextFilter(logging.Filter):
+class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         # An explicit `extra={"job_id": …}` wins over the context (the API logs jobs it creates).
         if getattr(record, "job_id", None) is None:
@@ -71,7 +71,7 @@ def _quoted(value: object) -> str:
 def configure(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(_ContextFilter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

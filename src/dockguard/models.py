@@ -278,10 +278,24 @@ class CallbackInfo(BaseModel):
     attempts: list[CallbackAttempt] = Field(default_factory=list)
 
 
+class StatusEvent(BaseModel):
+    """One step of the job's timeline: a status it moved to, when, and how long it stayed."""
+
+    status: JobStatus
+    at: datetime
+    duration_s: float | None = Field(
+        None, description="Seconds until the next status; null for the current one."
+    )
+
+
 class Job(BaseModel):
     """A submitted Dockerfile and everything that happened to it."""
 
     model_config = ConfigDict(use_enum_values=False)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if not self.events:  # a new job: its timeline starts with its status
+            self.events.append(StatusEvent(status=self.status, at=self.created_at))
 
     id: str
     status: JobStatus = JobStatus.QUEUED
@@ -291,12 +305,23 @@ class Job(BaseModel):
     error: ErrorInfo | None = None
     dockerfile_sha256: str
     dockerfile_bytes: int
+    request_id: str | None = Field(
+        None,
+        description=(
+            "The id of the request that submitted the job (its `X-Request-ID`), in the worker's "
+            "log lines and the labels of the job's Docker objects (`dockguard.request-id`)."
+        ),
+    )
     requested_limits: RequestedLimits | None = Field(
         None,
         description=(
             "The run limits the submission asked for (null: none); `run.limits` holds the ones "
             "applied."
         ),
+    )
+    events: list[StatusEvent] = Field(
+        default_factory=list,
+        description="The timeline: each status the job moved to, when, and for how long.",
     )
     callback: CallbackInfo | None = Field(
         None, description="The webhook the submission asked for (null: none), and its attempts."
@@ -339,6 +364,25 @@ class SubmitRequest(BaseModel):
     )
 
 
+ScannerDbCheck = Literal["ok", "stale", "missing", "not_checked"]
+
+
+class ReadinessChecks(BaseModel):
+    redis: Literal["ok", "failed"]
+    docker: Literal["ok", "failed"]
+    workers: int = Field(description="Workers seen in the last 30 s.")
+    scanner_db: ScannerDbCheck
+
+
+class Readiness(BaseModel):
+    """What `GET /readyz` answers: every check by name (503: the `detail` names what failed)."""
+
+    status: Literal["ready", "not_ready"]
+    checks: ReadinessChecks
+    code: str | None = Field(None, description="`service_unavailable` when not ready.")
+    detail: str | None = None
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document, plus dockguard's stable error `code`."""
 
@@ -347,3 +391,6 @@ class Problem(BaseModel):
     status: int
     detail: str
     code: str
+    request_id: str | None = Field(
+        None, description="The request's id (its `X-Request-ID`): quote it when reporting."
+    )

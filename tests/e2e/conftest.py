@@ -28,7 +28,7 @@ import uvicorn
 from redis.asyncio import Redis
 
 from dockguard.api import create_app
-from dockguard.logs import TextFormatter
+from dockguard.logs import ContextFilter, TextFormatter
 from dockguard.sandbox import names
 from dockguard.services import Services
 from dockguard.settings import Settings
@@ -37,11 +37,13 @@ from tests.trivydb import Vulnerability, write_db
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """A failing test's captured log shows each record's extra fields (the `why` of an error),
-    as the service's text log format does; pytest's own format drops them."""
+    as the service's text log format does (pytest's own format drops them), and carries the
+    job and request ids the service's handler adds."""
     plugin = session.config.pluginmanager.get_plugin("logging-plugin")
     if plugin is not None:
-        plugin.report_handler.setFormatter(TextFormatter())
-        plugin.caplog_handler.setFormatter(TextFormatter())
+        for handler in (plugin.report_handler, plugin.caplog_handler):
+            handler.setFormatter(TextFormatter())
+            handler.addFilter(ContextFilter())  # job_id and request_id, as the service's own
 
 
 TERMINAL = {"succeeded", "failed", "rejected", "cancelled"}

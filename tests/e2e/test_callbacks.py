@@ -115,6 +115,7 @@ async def test_the_final_job_is_posted_signed_and_a_5xx_is_tried_again(
         assert not callbacks.verify(SECRET.encode(), signature, call.body + b" ")
         assert call.headers["Content-Type"] == "application/json"
         assert call.headers["Host"] == receiver.url.split("/")[2]
+        assert call.headers["X-Request-ID"] == job["request_id"]  # the submission's
         sent = json.loads(call.body)
         assert (sent["id"], sent["status"], sent["result"]["perf"]) == (job["id"], "succeeded", 7)
     assert second.at - first.at >= 0.25  # the backoff, not at once

@@ -76,6 +76,19 @@ async def test_a_job_that_passes_every_step_succeeds_with_its_result_and_its_lim
     assert job.run.exit_code == 0 and job.run.log_tail == ["ran"]
 
 
+async def test_the_job_carries_its_timeline() -> None:
+    f = fakes()
+    job = await finished(f, await submitted(f))
+    statuses = [event.status.value for event in job.events]
+    assert statuses == ["queued", "scanning", "building", "running", "succeeded"]
+    assert job.events[0].at == job.created_at and job.events[-1].at == job.finished_at
+    *past, current = job.events
+    assert all(e.duration_s is not None and e.duration_s >= 0 for e in past)
+    assert current.duration_s is None
+    for earlier, later in zip(past, job.events[1:], strict=True):
+        assert earlier.duration_s == round((later.at - earlier.at).total_seconds(), 3)
+
+
 async def test_limits_come_from_the_settings() -> None:
     f = fakes(settings(build_nofile=99, run_nofile=77, run_data_mb=5, build_network="none"))
     job = await finished(f, await submitted(f))

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from dockguard import __version__
 from dockguard.jobs.worker import create_worker
-from dockguard.logs import request_id_var
 from dockguard.models import SubmitRequest
 from dockguard.services import Services
 from dockguard.settings import Settings
 
-from . import docs, headers, problems
+from . import context, docs, headers, problems
 from .routes import router
 
 log = logging.getLogger(__name__)
@@ -57,19 +55,7 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
     docs.install(app)
     headers.install(app, settings.cors_origins)  # after problems: it covers their 500 answer
 
-    @app.middleware("http")
-    async def request_id(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        given = request.headers.get("x-request-id", "")
-        rid = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
-        token = request_id_var.set(rid)
-        try:
-            response = await call_next(request)
-        finally:
-            request_id_var.reset(token)
-        response.headers["X-Request-ID"] = rid
-        return response
+    app.add_middleware(context.RequestContext)  # outermost of ours: its line times them all
 
     return app
 

@@ -111,6 +111,6 @@ def _cover_server_errors(app: FastAPI) -> None:
         response: Response = await answer if inspect.isawaitable(answer) else answer
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
-        return response
+        return response  # (its X-Request-ID: problems.py's handler sets it)
 
     app.add_exception_handler(Exception, with_headers)

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount, Route
 
 from dockguard.errors import DockguardError, ErrorCode
+from dockguard.logs import request_id_var
 from dockguard.models import Problem
 
 log = logging.getLogger(__name__)
@@ -25,14 +26,21 @@ PROBLEM_JSON = "application/problem+json"
 
 
 def problem_response(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    *,
+    request_id: str | None = None,
 ) -> JSONResponse:
+    """The problem document, with the request's id (the current one unless given)."""
     problem = Problem(
         type=f"urn:dockguard:error:{code}",
         title=HTTPStatus(status).phrase,
         status=status,
         detail=detail,
         code=code,
+        request_id=request_id or request_id_var.get(),
     )
     return JSONResponse(
         problem.model_dump(), status_code=status, media_type=PROBLEM_JSON, headers=headers
@@ -107,6 +115,14 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        return problem_response(500, ErrorCode.INTERNAL_ERROR.value, "an internal error occurred")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Sent from Starlette's outermost layer, after the request's context has ended.
+        request_id = getattr(request.state, "request_id", None)
+        log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+        return problem_response(
+            500,
+            ErrorCode.INTERNAL_ERROR.value,
+            "an internal error occurred",
+            {"X-Request-ID": request_id} if request_id else None,
+            request_id=request_id,
+        )

@@ -8,7 +8,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, Any
 
 from arq.jobs import Job as ArqJob
@@ -29,19 +29,24 @@ from dockguard.errors import (
 from dockguard.jobs import pipeline
 from dockguard.jobs.pipeline import queued_deadline_s
 from dockguard.jobs.worker import TASK
+from dockguard.logs import request_id_var
 from dockguard.models import (
     Job,
     JobList,
     JobStatus,
+    Readiness,
+    ReadinessChecks,
+    ScannerDbCheck,
     ScannerStatus,
     SubmitRequest,
 )
 from dockguard.services import Services, deserialize
 from dockguard.store import listing, logs
 from dockguard.store.keys import QUEUE_NAME
+from dockguard.store.workers import Heartbeats
 
 from . import multipart, submissions
-from .problems import problem_response, problem_responses
+from .problems import problem_responses
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -194,6 +199,7 @@ async def submit_job(
         id=uuid.uuid4().hex,
         dockerfile_sha256=parsed.sha256,
         dockerfile_bytes=len(submitted.dockerfile),
+        request_id=request_id_var.get(),
         requested_limits=submitted.limits,
         callback=submissions.check_callback(submitted.callback_url, settings),
     )
@@ -215,6 +221,7 @@ async def submit_job(
         if once is not None:
             await once.release()
         raise
+    request.state.job_id = job.id  # for the request's log line (context.py)
     log.info("job queued", extra={"job_id": job.id, "bytes": job.dockerfile_bytes})
     if wait is not None:  # long-poll the new job, as GET ?wait= does
         job = await _read_job(services, job.id, wait) or job
@@ -403,26 +410,77 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+_CHECK_TIMEOUT_S = 3.0
+
+
 @router.get(
     "/readyz",
     operation_id="readyz",
-    summary="Readiness: Redis and the Docker Engine answer",
-    responses=problem_responses(503),
+    summary="Readiness: Redis, the Docker Engine and a live worker",
+    description=(
+        "Every check by name: `redis` and `docker` (`ok` or `failed`: answered within 3 s), "
+        "`workers` (workers seen in the last 30 s; `serve`'s own worker counts), `scanner_db` "
+        "(`ok`, `stale`, `missing`, or `not_checked` when image scans are off or the scanner "
+        "did not answer; informative only). 503 `not_ready` when Redis or the engine failed "
+        "or no worker is alive."
+    ),
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: the checks say why."}},
 )
-async def readyz(services: ServicesDep) -> Response:
-    failing = []
-    for name, check in (("redis", services.redis.ping()), ("docker", services.sandbox.ping())):
-        try:
-            async with asyncio.timeout(3):
-                await check
-        except Exception as exc:  # noqa: BLE001 -- any failure means "not ready"; the cause is logged only
-            log.warning("readiness check failed", extra={"dependency": name, "why": repr(exc)})
-            failing.append(name)
-    if failing:
-        return problem_response(
-            503, ErrorCode.SERVICE_UNAVAILABLE.value, f"not reachable: {', '.join(failing)}"
-        )
-    return JSONResponse({"status": "ready"})
+async def readyz(services: ServicesDep) -> JSONResponse:
+    redis_ok, docker_ok = await asyncio.gather(
+        _check("redis", services.redis.ping()), _check("docker", services.sandbox.ping())
+    )
+    workers = await _workers_alive(services) if redis_ok else 0
+    checks = ReadinessChecks(
+        redis="ok" if redis_ok else "failed",
+        docker="ok" if docker_ok else "failed",
+        workers=workers,
+        scanner_db=await _scanner_db(services),
+    )
+    failing = [name for name, ok in (("redis", redis_ok), ("docker", docker_ok)) if not ok]
+    if workers == 0:
+        failing.append("workers")
+    if not failing:
+        return JSONResponse(Readiness(status="ready", checks=checks).model_dump())
+    body = Readiness(
+        status="not_ready",
+        checks=checks,
+        code=ErrorCode.SERVICE_UNAVAILABLE.value,
+        detail=f"not ready: {', '.join(failing)}",
+    )
+    return JSONResponse(body.model_dump(), status_code=503)
+
+
+async def _check(name: str, call: Awaitable[object]) -> bool:
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_S):
+            await call
+    except Exception as exc:  # noqa: BLE001 -- any failure means "not ready"; the cause is logged only
+        log.warning("readiness check failed", extra={"dependency": name, "why": repr(exc)[:300]})
+        return False
+    return True
+
+
+async def _workers_alive(services: Services) -> int:
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_S):
+            return await Heartbeats(services.redis).alive()
+    except Exception:  # noqa: BLE001 -- Redis failed between the two checks: none known alive
+        return 0
+
+
+async def _scanner_db(services: Services) -> ScannerDbCheck:
+    if not services.settings.scan_image:
+        return "not_checked"
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_S):
+            status = await services.scanner.status()
+    except Exception:  # noqa: BLE001 -- the scanner's own endpoint reports why
+        return "not_checked"
+    if status.db is None:
+        return "missing"
+    return "ok" if status.db_usable else "stale"
 
 
 # --- live logs ---------------------------------------------------------------------------------

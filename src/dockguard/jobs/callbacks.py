@@ -143,7 +143,12 @@ class CallbackSender:
 
         recorded = await self._store.update(job_id, record)
         tries = len(job.callback.attempts) + 1
-        extra = {"job_id": job_id, "attempt": tries, "status_code": attempt.status_code}
+        extra = {
+            "job_id": job_id,
+            "request_id": job.request_id,
+            "attempt": tries,
+            "status_code": attempt.status_code,
+        }
         if recorded is not None and outcome.retry and tries < self._settings.callback_max_attempts:
             backoff_s = self._settings.callback_backoff_s
             delay_s = min(backoff_s * 2 ** (tries - 1), max(_MAX_BACKOFF_S, backoff_s))
@@ -224,6 +229,8 @@ class CallbackSender:
             "User-Agent": f"dockguard/{__version__}",
             "X-Dockguard-Job-Id": job.id,
         }
+        if job.request_id is not None:  # the submission's, to follow it into the receiver
+            headers["X-Request-ID"] = job.request_id
         if self._secret is not None:
             headers[callbacks.SIGNATURE_HEADER] = callbacks.sign(self._secret, body)
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}

@@ -19,7 +19,7 @@ from dockguard import base_images
 from dockguard.dockerfile import parse as parse_dockerfile
 from dockguard.errors import ErrorCode, JobFailure, JobFinished, JobNotFound, SubmissionError
 from dockguard.lines import LineSink
-from dockguard.logs import job_id_var
+from dockguard.logs import job_id_var, request_id_var
 from dockguard.models import (
     BuildInfo,
     ErrorInfo,
@@ -99,6 +99,9 @@ async def _run(services: Services, job_id: str) -> str:
         return "expired"
     if job.status.terminal:
         return job.status.value
+    # In every log line and Docker label of the job from here on: arq runs each job in a task of
+    # its own, so this context is the job's alone.
+    request_id_var.set(job.request_id)
     await services.store.set_deadline(job_id, running_deadline_s(services.settings))
     pipeline = _Pipeline(services, job_id, job.requested_limits)
     result: JobResult | None = None

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import socket
+import uuid
 from typing import Any
 
 from arq import Worker, func
@@ -16,6 +20,9 @@ from dockguard.jobs.sweeper import reap_cron, sweep_cron
 from dockguard.services import Services, deserialize, serialize
 from dockguard.store.callbacks import CallbackOutbox
 from dockguard.store.keys import QUEUE_NAME
+from dockguard.store.workers import BEAT_S, Heartbeats
+
+log = logging.getLogger(__name__)
 
 TASK = "run_job"
 # A job whose worker stopped mid-way is taken again (the pipeline is safe to run twice), at most
@@ -36,19 +43,37 @@ def _arq_timeout_s(services: Services) -> float:
     return job_timeout_s(services.settings) + ARQ_MARGIN_S
 
 
-async def _start_sender(ctx: dict[str, Any]) -> None:
+async def _start_background(ctx: dict[str, Any]) -> None:
+    """Beside the jobs: the webhook sender and the worker's heartbeat."""
     services: Services = ctx["services"]
     sender = CallbackSender(services.settings, services.store, CallbackOutbox(services.redis))
-    ctx["callback_sender"] = asyncio.create_task(sender.run(), name="callback-sender")
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    ctx["worker_id"] = worker_id
+    ctx["background"] = [
+        asyncio.create_task(sender.run(), name="callback-sender"),
+        asyncio.create_task(_heartbeat(Heartbeats(services.redis), worker_id), name="heartbeat"),
+    ]
 
 
-async def _stop_sender(ctx: dict[str, Any]) -> None:
-    """An attempt cut short here is made again when its claim runs out (store/callbacks.py)."""
-    task: asyncio.Task[None] | None = ctx.pop("callback_sender", None)
-    if task is not None:
+async def _heartbeat(heartbeats: Heartbeats, worker_id: str) -> None:
+    while True:
+        try:
+            await heartbeats.beat(worker_id)
+        except Exception:  # noqa: BLE001 -- Redis down: /readyz says so; beat again later
+            log.warning("heartbeat failed", extra={"worker_id": worker_id, "why": "redis"})
+        await asyncio.sleep(BEAT_S)
+
+
+async def _stop_background(ctx: dict[str, Any]) -> None:
+    """A webhook attempt cut short here is made again when its claim runs out (see
+    store/callbacks.py); the worker stops counting as alive at once."""
+    tasks: list[asyncio.Task[None]] = ctx.pop("background", [])
+    for task in tasks:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await asyncio.gather(*tasks, return_exceptions=True)
+    services: Services = ctx["services"]
+    with contextlib.suppress(Exception):
+        await Heartbeats(services.redis).forget(ctx.get("worker_id", ""))
 
 
 def create_worker(services: Services, *, handle_signals: bool) -> Worker:
@@ -58,8 +83,8 @@ def create_worker(services: Services, *, handle_signals: bool) -> Worker:
         redis_pool=services.redis,
         queue_name=QUEUE_NAME,
         ctx={"services": services},
-        on_startup=_start_sender,
-        on_shutdown=_stop_sender,
+        on_startup=_start_background,
+        on_shutdown=_stop_background,
         max_jobs=services.settings.worker_concurrency,
         keep_result=KEEP_RESULT_S,
         poll_delay=POLL_DELAY_S,

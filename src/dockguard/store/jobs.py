@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
-from dockguard.models import Job, JobStatus, utcnow
+from dockguard.models import Job, JobStatus, StatusEvent, utcnow
 from dockguard.store import callbacks, listing, logs
 from dockguard.store.keys import DEADLINES, JOB_ENDED_CHANNEL, JOBS, job_key, logs_key
 
@@ -151,7 +151,12 @@ def changed(before: Job, change: Callable[[Job], None]) -> Job:
     job = before.model_copy(deep=True)
     change(job)
     check_transition(before, job)
-    job.updated_at = utcnow()
+    job.updated_at = now = utcnow()
+    if job.status != before.status:  # the timeline: the last status lasted until now
+        if job.events:
+            last = job.events[-1]
+            last.duration_s = round(max((now - last.at).total_seconds(), 0.0), 3)
+        job.events.append(StatusEvent(status=job.status, at=now))
     if job.status.terminal and job.finished_at is None:
         job.finished_at = job.updated_at
     return job

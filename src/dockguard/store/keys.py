@@ -8,6 +8,7 @@ QUEUE_NAME = f"{PREFIX}:queue"
 DB_REFRESH_LOCK = f"{PREFIX}:scanner:db-refresh-lock"
 DEADLINES = f"{PREFIX}:deadlines"  # sorted set: id of each unfinished job → its Unix deadline
 CALLBACKS = f"{PREFIX}:callbacks"  # sorted set: id of each job with a webhook to send → when
+WORKERS = f"{PREFIX}:workers"  # sorted set: id of each worker → when it was last seen
 JOBS = f"{PREFIX}:jobs"  # sorted set: id of every stored job → its creation time in µs
 JOB_ENDED_CHANNEL = f"{PREFIX}:job-ended"  # pub/sub: the id of each job that just ended
 LOG_ADDED_CHANNEL = f"{PREFIX}:log-added"  # pub/sub: the id of each job whose log just grew

@@ -1,0 +1,93 @@
+"""Each request's correlation id and its one access log line (pure ASGI, no BaseHTTPMiddleware).
+
+The id: the client's `X-Request-ID` (1-64 printable ASCII characters), else the trace id of a
+valid W3C `traceparent`, else a new one. It is in every log line written while the request is
+handled (logs.request_id_var), on every answer (`X-Request-ID`), in every problem document
+(`request_id`), and on the job a submission makes (`Job.request_id`), from where the worker
+carries it into its log lines, the job's Docker objects' labels and the webhook.
+
+The line, at the end of each request: method, route template (never the raw path: ids and
+hostile paths stay out of it), status, duration_ms, request_id, client, and job_id when the
+request was about one."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dockguard.logs import request_id_var
+
+log = logging.getLogger("dockguard.access")
+
+HEADER = "X-Request-ID"
+_RAW_HEADER = HEADER.lower().encode("latin-1")
+_REQUEST_ID = re.compile(r"[\x20-\x7e]{1,64}")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def request_id_of(headers: Headers) -> str:
+    given = headers.getlist("x-request-id")
+    if len(given) == 1 and _REQUEST_ID.fullmatch(given[0]):
+        return given[0]
+    parents = headers.getlist("traceparent")
+    if len(parents) == 1 and (match := _TRACEPARENT.fullmatch(parents[0].strip())):
+        trace_id, parent_id = match.groups()
+        if trace_id != "0" * 32 and parent_id != "0" * 16:
+            return trace_id
+    return uuid.uuid4().hex
+
+
+class RequestContext:
+    """Sets the request id for the request's duration, answers it, and logs the request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = request_id_of(Headers(scope=scope))
+        scope.setdefault("state", {})["request_id"] = request_id  # for the catch-all 500
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *(h for h in message.get("headers", []) if h[0].lower() != _RAW_HEADER),
+                    (_RAW_HEADER, request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        token = request_id_var.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+            _log(scope, status, started, request_id)
+
+
+def _log(scope: Scope, status: int, started: float, request_id: str) -> None:
+    route = scope.get("route")
+    template = getattr(route, "path", None) or "unmatched"
+    client = scope.get("client")
+    job_id = scope.get("state", {}).get("job_id") or scope.get("path_params", {}).get("job_id")
+    extra = {
+        "method": scope["method"],
+        "route": template,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "request_id": request_id,
+        "client": f"{client[0]}:{client[1]}" if client else None,
+        "job_id": job_id if isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) else None,
+    }
+    log.info("request", extra=extra)

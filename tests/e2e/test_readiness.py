@@ -1,0 +1,103 @@
+"""`/readyz` names every check: Redis and the engine (503 when either fails, and ready again by
+itself when it is back), the workers seen alive (503 with none: an API without a worker cannot
+finish a job), and the scanner's DB."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from dockguard.store.workers import Heartbeats
+from tests.e2e.conftest import Dockguard, Instances, _free_socket
+
+
+def start_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    assert binary
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while (
+        subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout
+        != b"PONG\n"
+    ):
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[int, str]]:
+    with _free_socket() as sock:
+        port = sock.getsockname()[1]
+    workdir = tempfile.mkdtemp(prefix="dockguard-readyz-")
+    yield port, workdir
+    subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def readyz(dg: Dockguard) -> tuple[int, dict[str, object]]:
+    answer = await dg.client.get("/readyz")
+    return answer.status_code, answer.json()
+
+
+async def test_ready_with_its_own_worker(dockguard: Dockguard) -> None:
+    status, body = await readyz(dockguard)
+    assert status == 200, body
+    assert body["status"] == "ready"
+    checks = body["checks"]
+    assert isinstance(checks, dict)
+    assert (checks["redis"], checks["docker"]) == ("ok", "ok")
+    assert isinstance(checks["workers"], int) and checks["workers"] >= 1
+    assert checks["scanner_db"] == "ok"
+
+
+async def test_an_api_without_a_worker_is_not_ready(instances: Instances) -> None:
+    api_only = await instances.get(run_worker=False, run_timeout_s=31)
+    status, body = await readyz(api_only)
+    assert status == 503 and body["status"] == "not_ready"
+    assert body["checks"] == {"redis": "ok", "docker": "ok", "workers": 0, "scanner_db": "ok"}
+    assert body["code"] == "service_unavailable" and body["detail"] == "not ready: workers"
+
+
+async def test_redis_down_is_not_ready_and_back_is_ready_again(
+    instances: Instances, own_redis: tuple[int, str]
+) -> None:
+    port, workdir = own_redis
+    url = f"redis://127.0.0.1:{port}/0"
+    redis = start_redis(port, workdir)
+    dg = await instances.get(run_worker=False, redis_url=url)
+    client = Redis.from_url(url)
+    try:
+        await Heartbeats(client).beat("a-worker-elsewhere")  # as a standalone worker does
+        assert (await readyz(dg))[0] == 200
+        redis.terminate()
+        redis.wait(10)
+        started = time.monotonic()
+        status, body = await readyz(dg)
+        assert time.monotonic() - started < 5  # bounded, whatever Redis does
+        assert status == 503 and body["checks"]["redis"] == "failed"  # type: ignore[index]
+        assert "redis" in str(body["detail"])
+        redis = start_redis(port, workdir)
+        await client.aclose()
+        client = Redis.from_url(url)
+        await Heartbeats(client).beat("a-worker-elsewhere")
+        deadline = time.monotonic() + 15
+        while (answer := await readyz(dg))[0] != 200:  # the API reconnects by itself
+            assert time.monotonic() < deadline, answer
+            await asyncio.sleep(0.2)
+        assert answer[1]["checks"]["redis"] == "ok"  # type: ignore[index]
+    finally:
+        await client.aclose()
+        redis.terminate()
+        redis.wait(10)
