@@ -28,5 +28,9 @@ if [ "$unit_only" != yes ]; then
   command -v docker-registry >/dev/null 2>&1 || apt_install docker-registry
   # Headless Chromium (Debian's), for the docs page test (tests/e2e/test_docs_page.py).
   command -v chromium >/dev/null 2>&1 || apt_install chromium
+  # jq, which the README's curl examples use (tests/e2e/test_readme.py), and promtool (Debian's
+  # prometheus), which checks deploy/monitoring's rules (tests/e2e/test_monitoring.py).
+  command -v jq >/dev/null 2>&1 || apt_install jq
+  command -v promtool >/dev/null 2>&1 || apt_install prometheus
 fi
 exec .venv/bin/pytest "$@"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 import time
@@ -14,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import prometheus_client
 import typer
 import uvicorn
 from pydantic import ValidationError
@@ -36,6 +38,8 @@ from dockguard.client import (
 from dockguard.embedded_redis import EmbeddedRedisError, embedded_redis
 from dockguard.models import Job, JobStatus, ScanReport
 from dockguard.settings import Settings
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     help="Scan, build and run untrusted Dockerfiles in a hardened sandbox.",
@@ -106,11 +110,26 @@ def worker_command() -> None:
     if settings.redis_url is None:
         raise typer.BadParameter("a standalone worker needs DOCKGUARD_REDIS_URL")
 
+    if settings.worker_metrics_port:
+        # prometheus-client's own server, in a thread: GET /metrics on the port.
+        try:
+            prometheus_client.start_http_server(settings.worker_metrics_port, addr=settings.host)
+        except OSError as exc:
+            where = f"{settings.host}:{settings.worker_metrics_port}"
+            typer.echo(
+                f"dockguard: cannot serve metrics on {where} ({exc.strerror}); set "
+                "DOCKGUARD_WORKER_METRICS_PORT to a free port, or 0 for none",
+                err=True,
+            )
+            raise typer.Exit(2) from None
+
     async def main() -> None:
         services = await Services.open(settings)
         worker = create_worker(services, handle_signals=True)
         try:
             await worker.async_run()
+        except asyncio.CancelledError:  # SIGTERM or SIGINT: arq cancelled its own main task
+            log.info("worker stopped by a signal")
         finally:
             await worker.close()
             await services.close()

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     docker_url: str | None = None
     docker_timeout_s: float = Field(30.0, gt=0)
     worker_concurrency: int = Field(4, ge=1)
+    worker_metrics_port: int = Field(9101, ge=0, le=65535)  # `dockguard worker`'s /metrics; 0: off
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     cors_origins: CommaList = []  # browser origins allowed to call the API; empty: CORS off

@@ -53,6 +53,7 @@ BASE_IMAGES = ("busybox:latest", "debian:bookworm-slim")
 DATABASES = 256
 SCRATCH_DB = DATABASES - 1  # the `redis` fixture's
 DOCKERFILE_DB = DATABASES - 2  # test_data_protection's separate Dockerfile Redis
+WORKER_DB = DATABASES - 3  # test_metrics' standalone worker
 
 
 def _free_socket() -> socket.socket:
@@ -164,7 +165,7 @@ class Instances:
     async def _start(
         self, database: int, overrides: dict[str, Any]
     ) -> tuple[Dockguard, uvicorn.Server, asyncio.Task[None]]:
-        assert database < DOCKERFILE_DB, "more instances than Redis databases for them"
+        assert database < WORKER_DB, "more instances than Redis databases for them"
         values: dict[str, Any] = {
             "redis_url": f"redis://127.0.0.1:{self._redis_port}/{database}",
             "run_timeout_s": 60,

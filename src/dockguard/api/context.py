@@ -20,6 +20,7 @@ import uuid
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dockguard import metrics
 from dockguard.logs import request_id_var
 
 log = logging.getLogger("dockguard.access")
@@ -91,3 +92,4 @@ def _log(scope: Scope, status: int, started: float, request_id: str) -> None:
         "job_id": job_id if isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) else None,
     }
     log.info("request", extra=extra)
+    metrics.http_request(template, scope["method"], status, time.perf_counter() - started)

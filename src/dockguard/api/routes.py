@@ -14,11 +14,13 @@ from typing import Annotated, Any
 from arq.jobs import Job as ArqJob
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from pydantic import AfterValidator, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from dockguard import dockerfile as dockerfile_parser
-from dockguard import submission_policy
+from dockguard import metrics, submission_policy
 from dockguard.errors import (
     ErrorCode,
     JobFailure,
@@ -403,6 +405,42 @@ async def scanner_status(services: ServicesDep) -> ScannerStatus:
         return await services.scanner.status()
     except JobFailure as failure:
         raise ServiceUnavailable(failure.message) from failure
+
+
+@router.get(
+    "/metrics",
+    operation_id="metrics",
+    summary="Prometheus metrics",
+    description=(
+        "Prometheus text format: HTTP requests, jobs, stages, the queue and the workers alive "
+        "(read from Redis at each scrape), sandbox kills, scan cache hits, sweeper removals, "
+        "the scanner DB's age, and (with `serve`'s own worker) that worker's. See the README's "
+        "Operations section."
+    ),
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics_endpoint(services: ServicesDep) -> Response:
+    await _refresh_gauges(services)
+    # The 0.0.4 text format: what every Prometheus 2 (Debian's included) reads.
+    return Response(generate_latest(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+async def _refresh_gauges(services: Services) -> None:
+    """What lives outside this process, read now: the queue (Redis), the scanner's DB. A part
+    that cannot be read keeps its last value (the failure is logged), and the scrape goes on."""
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_S):
+            await metrics.refresh_queue(services.redis)
+            metrics.WORKERS_ALIVE.set(await Heartbeats(services.redis).alive())
+    except Exception as exc:  # noqa: BLE001 -- a scrape must answer whatever is down
+        log.warning("metrics: queue not read", extra={"why": repr(exc)[:300]})
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_S):
+            status = await services.scanner.status()
+        metrics.SCANNER_DB_AGE.set(-1 if status.db_age_h is None else status.db_age_h * 3600)
+    except Exception as exc:  # noqa: BLE001 -- as above
+        log.warning("metrics: scanner DB not read", extra={"why": repr(exc)[:300]})
 
 
 @router.get("/healthz", operation_id="healthz", summary="Liveness: the process is up")

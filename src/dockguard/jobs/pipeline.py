@@ -15,7 +15,7 @@ from typing import Literal
 
 from redis.exceptions import RedisError
 
-from dockguard import base_images
+from dockguard import base_images, metrics
 from dockguard.dockerfile import parse as parse_dockerfile
 from dockguard.errors import ErrorCode, JobFailure, JobFinished, JobNotFound, SubmissionError
 from dockguard.lines import LineSink
@@ -86,9 +86,11 @@ def _internal() -> JobFailure:
 async def run_job(services: Services, job_id: str) -> str:
     """Process one job; returns its final status. Never raises for a job's own failure."""
     token = job_id_var.set(job_id)
+    metrics.JOBS_IN_PROGRESS.inc()
     try:
         return await _run(services, job_id)
     finally:
+        metrics.JOBS_IN_PROGRESS.dec()
         job_id_var.reset(token)
 
 
@@ -131,7 +133,8 @@ async def _run(services: Services, job_id: str) -> str:
         failure = _internal()
     finally:
         # Shielded: a worker shutting down must not leave this job's objects behind.
-        await asyncio.shield(services.sandbox.cleanup(job_id))
+        with metrics.stage("cleanup"):
+            await asyncio.shield(services.sandbox.cleanup(job_id))
     # The verdict is written only once nothing of the job is left in the engine.
     status = await asyncio.shield(pipeline.conclude(result, failure))
     await services.dockerfiles.release(job_id)
@@ -155,7 +158,10 @@ async def fail_lost(services: Services, job_id: str) -> bool:
         job = await services.store.update(job_id, change)
     except StaleUpdate:
         return False
-    return job is not None and job.error == lost
+    ended = job is not None and job.error == lost
+    if ended:
+        metrics.job_ended(JobStatus.FAILED.value, lost.code)
+    return ended
 
 
 async def cancel(services: Services, job_id: str) -> Job:
@@ -173,6 +179,7 @@ async def cancel(services: Services, job_id: str) -> Job:
     job = await services.store.update(job_id, change)
     if job is None:
         raise JobNotFound(job_id)
+    metrics.job_ended(JobStatus.CANCELLED.value, cancelled.code)
     await services.dockerfiles.release(job_id)
     log.info("job cancelled", extra={"job_id": job_id})
     return job
@@ -234,6 +241,7 @@ class _Pipeline:
             log.warning("result could not be stored", extra={"why": str(exc)[:300]})
             invalid = JobFailure(ErrorCode.RESULT_INVALID, "/data/perf.json cannot be stored")
             return await self.conclude(None, invalid)
+        metrics.job_ended(status.value, None if error is None else error.code)
         return status
 
     async def steps(self) -> JobResult:
@@ -246,7 +254,10 @@ class _Pipeline:
 
     async def scan(self, dockerfile: str) -> None:
         await self.update(lambda job: _advance(job, JobStatus.SCANNING))
-        report = await self.services.scanner.scan_dockerfile(dockerfile, self.job_id)
+        with metrics.stage("scan"):
+            report = await self.services.scanner.scan_dockerfile(dockerfile, self.job_id)
+        if report.cached:
+            metrics.SCAN_CACHE_HITS.labels("dockerfile").inc()
 
         def record(job: Job) -> None:
             job.scan.dockerfile = report
@@ -261,7 +272,10 @@ class _Pipeline:
         """The built image's vulnerabilities, before anything of it runs."""
         if not self.settings.scan_image:
             return
-        report = await self.services.scanner.scan_image(image_id, self.job_id)
+        with metrics.stage("image_scan"):
+            report = await self.services.scanner.scan_image(image_id, self.job_id)
+        if report.cached:
+            metrics.SCAN_CACHE_HITS.labels("image").inc()
 
         def record(job: Job) -> None:
             job.scan.image = report
@@ -276,7 +290,10 @@ class _Pipeline:
         limits = self.limits.build
         try:
             async with self.stage_log("build") as lines:
-                outcome = await self.services.sandbox.build(self.job_id, dockerfile, limits, lines)
+                with metrics.stage("build"):
+                    outcome = await self.services.sandbox.build(
+                        self.job_id, dockerfile, limits, lines
+                    )
         except BuildFailure as failure:
             failed = BuildInfo(log_tail=failure.log_tail, limits=limits)
             await self.update(lambda job: setattr(job, "build", failed))
@@ -293,7 +310,8 @@ class _Pipeline:
         await self.update(record)
         await self.scan_image(outcome.image_id)
         try:
-            return await self.services.sandbox.prepare(self.job_id, outcome.image_id)
+            with metrics.stage("prepare"):
+                return await self.services.sandbox.prepare(self.job_id, outcome.image_id)
         except BuildFailure as failure:
             tail = outcome.log_tail + failure.log_tail
             await self.update(lambda job: setattr(job.build, "log_tail", tail))
@@ -318,7 +336,10 @@ class _Pipeline:
         await self.update(start)
         sandbox = self.services.sandbox
         async with self.stage_log("run") as lines:
-            outcome = await sandbox.run(self.job_id, prepared, limits, lines)
+            with metrics.stage("run"):
+                outcome = await sandbox.run(self.job_id, prepared, limits, lines)
+        if outcome.timed_out or outcome.oom_killed:
+            metrics.SANDBOX_KILLS.labels("timeout" if outcome.timed_out else "oom").inc()
 
         def record(job: Job) -> None:
             job.run = RunInfo(
@@ -333,8 +354,9 @@ class _Pipeline:
         await self.update(record)
         if failure := outcome_failure(outcome, limits.timeout_s, limits.memory_mb):
             raise failure
-        raw = await sandbox.fetch_result(outcome.container_id, self.settings.result_max_bytes)
-        return parse_result(raw)
+        with metrics.stage("collect"):
+            raw = await sandbox.fetch_result(outcome.container_id, self.settings.result_max_bytes)
+            return parse_result(raw)
 
 
 def _advance(job: Job, status: JobStatus) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from arq.cron import CronJob, cron
 
+from dockguard import metrics
 from dockguard.jobs.pipeline import fail_lost, job_timeout_s
 from dockguard.services import Services
 
@@ -30,7 +31,9 @@ _REAP_TIMEOUT_S = 120
 async def _sweep_task(ctx: dict[str, Any]) -> int:
     services: Services = ctx["services"]
     async with asyncio.timeout(_SWEEP_TIMEOUT_S):
-        return await services.sandbox.sweep(job_timeout_s(services.settings) + _MARGIN_S)
+        removed = await services.sandbox.sweep(job_timeout_s(services.settings) + _MARGIN_S)
+    metrics.SWEEPER_REMOVED.labels("objects").inc(removed)
+    return removed
 
 
 async def reap(services: Services, *, now: float | None = None) -> int:
@@ -44,6 +47,7 @@ async def reap(services: Services, *, now: float | None = None) -> int:
             failed += 1
             await services.dockerfiles.release(job_id)
         await services.store.forget_deadline(job_id)
+    metrics.SWEEPER_REMOVED.labels("lost_jobs").inc(failed)
     if failed:
         log.warning("failed jobs that no worker finished by their deadline", extra={"jobs": failed})
     return failed

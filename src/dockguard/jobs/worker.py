@@ -13,6 +13,7 @@ from typing import Any
 
 from arq import Worker, func
 
+from dockguard import metrics
 from dockguard.jobs.callbacks import CallbackSender
 from dockguard.jobs.dbrefresh import refresh_cron
 from dockguard.jobs.pipeline import ARQ_MARGIN_S, job_timeout_s, run_job
@@ -51,14 +52,18 @@ async def _start_background(ctx: dict[str, Any]) -> None:
     ctx["worker_id"] = worker_id
     ctx["background"] = [
         asyncio.create_task(sender.run(), name="callback-sender"),
-        asyncio.create_task(_heartbeat(Heartbeats(services.redis), worker_id), name="heartbeat"),
+        asyncio.create_task(_heartbeat(services, worker_id), name="heartbeat"),
     ]
 
 
-async def _heartbeat(heartbeats: Heartbeats, worker_id: str) -> None:
+async def _heartbeat(services: Services, worker_id: str) -> None:
+    """Every BEAT_S: this worker is alive (for /readyz), and the queue's gauges are fresh on its
+    own metrics endpoint."""
+    heartbeats = Heartbeats(services.redis)
     while True:
         try:
             await heartbeats.beat(worker_id)
+            await metrics.refresh_queue(services.redis)
         except Exception:  # noqa: BLE001 -- Redis down: /readyz says so; beat again later
             log.warning("heartbeat failed", extra={"worker_id": worker_id, "why": "redis"})
         await asyncio.sleep(BEAT_S)

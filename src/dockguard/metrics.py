@@ -1,0 +1,106 @@
+"""Prometheus metrics (prometheus-client, its default registry: the process's own CPU, memory and
+file descriptors come with it). Every label takes a bounded set of values: route templates,
+known methods, HTTP statuses, job statuses and error codes, stage and reason names; never a job
+id, a path or anything a client chose.
+
+Who counts what: the API process counts HTTP requests and the jobs it ends (cancel); a worker
+counts the jobs it ends, its stages, the sandbox's kills, scan cache hits and the sweeper's
+removals. `dockguard serve` runs both in one process and serves them all on `/metrics`; a
+standalone `dockguard worker` serves its own on `DOCKGUARD_WORKER_METRICS_PORT`. The queue's
+depth and oldest age, and the workers alive, are read from Redis, so any replica reports them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+from prometheus_client import Counter, Gauge, Histogram
+from redis.asyncio import Redis
+
+from dockguard.store.keys import QUEUE_NAME
+
+Stage = Literal["scan", "build", "image_scan", "prepare", "run", "collect", "cleanup"]
+STAGES: tuple[Stage, ...] = ("scan", "build", "image_scan", "prepare", "run", "collect", "cleanup")
+_METHODS = frozenset({"GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT", "PATCH"})
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+HTTP_REQUESTS = Counter(
+    "dockguard_http_requests_total", "HTTP requests answered.", ["route", "method", "status"]
+)
+HTTP_DURATION = Histogram(
+    "dockguard_http_request_duration_seconds",
+    "Time to answer an HTTP request (a long-poll's wait and a log stream included).",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
+JOBS = Counter(
+    "dockguard_jobs_total", "Jobs ended, by final status and error code.", ["status", "code"]
+)
+STAGE_DURATION = Histogram(
+    "dockguard_stage_duration_seconds",
+    "Time a job's stage took (a stage that failed included).",
+    ["stage"],
+    buckets=_STAGE_BUCKETS,
+)
+JOBS_IN_PROGRESS = Gauge("dockguard_jobs_in_progress", "Jobs this process's worker is running.")
+QUEUE_DEPTH = Gauge(
+    "dockguard_queue_depth", "Jobs in the queue: waiting, or taken and not finished (Redis)."
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "dockguard_queue_oldest_age_seconds", "How long the oldest job in the queue has been there."
+)
+SANDBOX_KILLS = Counter(
+    "dockguard_sandbox_kills_total", "Run containers the sandbox ended, by why.", ["reason"]
+)
+SCAN_CACHE_HITS = Counter(
+    "dockguard_scan_cache_hits_total", "Scans answered from the scan cache.", ["target"]
+)
+SWEEPER_REMOVED = Counter(
+    "dockguard_sweeper_removed_total", "What the sweeper and reaper removed or ended.", ["kind"]
+)
+WORKERS_ALIVE = Gauge(
+    "dockguard_workers_alive", "Workers whose heartbeat was seen in the last 30 s (Redis)."
+)
+SCANNER_DB_AGE = Gauge(
+    "dockguard_scanner_db_age_seconds", "Age of the vulnerability DB (-1: there is none)."
+)
+
+for _stage in STAGES:  # every series exists from the start, at zero
+    STAGE_DURATION.labels(_stage)
+for _reason in ("timeout", "oom"):
+    SANDBOX_KILLS.labels(_reason)
+for _target in ("dockerfile", "image"):
+    SCAN_CACHE_HITS.labels(_target)
+
+
+def http_request(route: str, method: str, status: int, duration_s: float) -> None:
+    method = method if method in _METHODS else "OTHER"
+    HTTP_REQUESTS.labels(route, method, str(status)).inc()
+    HTTP_DURATION.labels(route).observe(duration_s)
+
+
+def job_ended(status: str, code: str | None) -> None:
+    JOBS.labels(status, code or "none").inc()
+
+
+@contextmanager
+def stage(name: Stage) -> Iterator[None]:
+    """Observe the block's duration as the stage's, however it ends."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_DURATION.labels(name).observe(time.perf_counter() - started)
+
+
+async def refresh_queue(redis: Redis) -> None:
+    """Queue depth and oldest age from arq's queue (a sorted set scored by enqueue time, ms)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(QUEUE_NAME)
+        pipe.zrange(QUEUE_NAME, 0, 0, withscores=True)
+        depth, oldest = await pipe.execute()
+    QUEUE_DEPTH.set(depth)
+    QUEUE_OLDEST_AGE.set(max(time.time() - oldest[0][1] / 1000, 0.0) if oldest else 0.0)
