@@ -11,6 +11,8 @@ depth and oldest age, and the workers alive, are read from Redis, so any replica
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +21,10 @@ from typing import Literal
 from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
 
+from dockguard.errors import JobFailure
 from dockguard.store.keys import QUEUE_NAME
+
+log = logging.getLogger(__name__)
 
 Stage = Literal["scan", "build", "image_scan", "prepare", "run", "collect", "cleanup"]
 STAGES: tuple[Stage, ...] = ("scan", "build", "image_scan", "prepare", "run", "collect", "cleanup")
@@ -88,12 +93,25 @@ def job_ended(status: str, code: str | None) -> None:
 
 @contextmanager
 def stage(name: Stage) -> Iterator[None]:
-    """Observe the block's duration as the stage's, however it ends."""
+    """Observe the block's duration as the stage's, however it ends, and log one line for it:
+    `stage`, `outcome` (`ok`, `failed` with the job's error `code`, `cancelled`, `error`) and
+    `duration_s` (the job and request ids come from the context)."""
     started = time.perf_counter()
+    outcome, code = "error", None
     try:
         yield
+        outcome = "ok"
+    except JobFailure as failure:
+        outcome, code = "failed", failure.code.value
+        raise
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
     finally:
-        STAGE_DURATION.labels(name).observe(time.perf_counter() - started)
+        duration_s = time.perf_counter() - started
+        STAGE_DURATION.labels(name).observe(duration_s)
+        extra = {"stage": name, "outcome": outcome, "duration_s": round(duration_s, 3)}
+        log.info("stage", extra={**extra, "code": code})
 
 
 async def refresh_queue(redis: Redis) -> None:

@@ -6,6 +6,7 @@ real, through HTTP, in tests/e2e.)"""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 
@@ -87,6 +88,25 @@ async def test_the_job_carries_its_timeline() -> None:
     assert current.duration_s is None
     for earlier, later in zip(past, job.events[1:], strict=True):
         assert earlier.duration_s == round((later.at - earlier.at).total_seconds(), 3)
+
+
+async def test_each_stage_writes_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dockguard.metrics")
+    f = fakes()
+    f.sandbox.fail["build"] = BuildFailure(ErrorCode.BUILD_FAILED, "a RUN exited", ["step 1"])
+    job_id = await submitted(f)
+    await finished(f, job_id)
+    lines = [
+        (r.stage, r.outcome, r.code)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == "stage"
+    ]
+    assert lines == [
+        ("scan", "ok", None),
+        ("build", "failed", "build_failed"),
+        ("cleanup", "ok", None),
+    ]
+    assert all(r.duration_s >= 0 for r in caplog.records if r.getMessage() == "stage")  # type: ignore[attr-defined]
 
 
 async def test_limits_come_from_the_settings() -> None:
