@@ -415,7 +415,7 @@ async def scanner_status(services: ServicesDep) -> ScannerStatus:
         "Prometheus text format: HTTP requests, jobs, stages, the queue and the workers alive "
         "(read from Redis at each scrape), sandbox kills, scan cache hits, sweeper removals, "
         "the scanner DB's age, and (with `serve`'s own worker) that worker's. See the README's "
-        "Operations section."
+        '"Operating dockguard" section.'
     ),
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
