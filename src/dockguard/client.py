@@ -53,6 +53,9 @@ MAX_WAIT_S = 60.0  # the server's bound on one long-poll (`?wait=`)
 DEFAULT_WAIT_TIMEOUT_S = 1800.0
 _STREAM_READ_S = 45.0  # a log stream is pinged every 15 s: three missed pings is a dead stream
 _RECONNECTS = 5  # consecutive reconnections of a dropped log stream before giving up
+# Idle connections are dropped before the server's keep-alive (uvicorn: 5 s) can end them: a
+# request sent on a connection the server is closing fails with no answer.
+_LIMITS = httpx.Limits(keepalive_expiry=2.0)
 _NO_LONG_POLL_S = 0.5  # poll interval should a server answer a long-poll at once
 
 LimitsArg = RequestedLimits | Mapping[str, float]
@@ -384,6 +387,7 @@ class Client:
         self._http = httpx.Client(
             base_url=self.url,
             timeout=timeout_s,
+            limits=_LIMITS,
             transport=transport,
             headers={"User-Agent": "dockguard-client", **(headers or {})},
         )
@@ -533,6 +537,7 @@ class AsyncClient:
         self._http = httpx.AsyncClient(
             base_url=self.url,
             timeout=timeout_s,
+            limits=_LIMITS,
             transport=transport,
             headers={"User-Agent": "dockguard-client", **(headers or {})},
         )

@@ -186,7 +186,13 @@ class Instances:
         while not server.started:
             assert not task.done(), "dockguard did not start"
             await asyncio.sleep(0.02)
-        client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        # Idle connections are dropped before uvicorn's 5 s keep-alive ends them: reusing one
+        # just as the server closes it is a ReadError (seen once in CI, polling 13 jobs).
+        client = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=30,
+            limits=httpx.Limits(keepalive_expiry=2.0),
+        )
         return (
             Dockguard(client=client, settings=settings, services=app.state.services),
             server,
