@@ -131,7 +131,10 @@ def worker_command() -> None:
         except asyncio.CancelledError:  # SIGTERM or SIGINT: arq cancelled its own main task
             log.info("worker stopped by a signal")
         finally:
-            await worker.close()
+            # On a signal arq cancels its running tasks (a job, a cron job such as the sweep at
+            # start) and `close` awaits them: their CancelledError is that stop, not a failure.
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker.close()
             await services.close()
 
     asyncio.run(main())
