@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
   --daemonize yes --logfile "$work/redis.log" >/dev/null
-DOCKGUARD_REDIS_URL="redis://127.0.0.1:$redis_port/0" DOCKGUARD_LOG_FORMAT=text \
+DOCKGUARD_REDIS_URL="redis://127.0.0.1:$redis_port/0" DOCKGUARD_LOG_FORMAT=console \
   .venv/bin/dockguard serve --no-worker --host 127.0.0.1 --port "$api_port" >"$work/api.log" 2>&1 &
 api_pid=$!
 for _ in $(seq 100); do

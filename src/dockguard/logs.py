@@ -1,22 +1,28 @@
-"""Logging: stdlib `logging` with a JSON formatter (one object per line) or plain text, and the
-current job id and request id attached to every record through context variables."""
+"""Logging: stdlib `logging` everywhere, formatted by structlog's `ProcessorFormatter` as one
+JSON object per line or as readable console lines (coloured on a terminal), with the current job
+id and request id attached to every record through context variables."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any, Literal, TextIO
+
+import structlog
 
 job_id_var: ContextVar[str | None] = ContextVar("job_id", default=None)
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
-    "message",
-    "asctime",  # set by Formatter.format
-    "color_message",  # uvicorn's ANSI-coloured copy of msg
-}
+LogFormat = Literal["json", "console", "text"]  # "text": the older name of "console"
+
+EventDict = MutableMapping[str, Any]
+
+_DROPPED = frozenset({"color_message"})  # uvicorn's ANSI-coloured copy of msg
 
 
 class ContextFilter(logging.Filter):
@@ -29,48 +35,105 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and value is not None:
-                entry[key] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+def _timestamp(_: Any, __: str, event: EventDict) -> EventDict:
+    """`ts`: when the record was made (not when it is formatted), UTC, to the millisecond."""
+    created = event["_record"].created
+    event["ts"] = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    return event
 
 
-class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s %(message)s")
+def _without_empty(_: Any, __: str, event: EventDict) -> EventDict:
+    return {k: v for k, v in event.items() if v is not None and k not in _DROPPED}
 
-    def format(self, record: logging.LogRecord) -> str:
-        """The line, then every extra field as key=value (values quoted when they need it),
-        then the traceback if any."""
-        line = super().format(record)  # appends exc_text after a newline
-        head, sep, trace = line.partition("\n")
-        fields = " ".join(
-            f"{key}={_quoted(value)}"
-            for key, value in record.__dict__.items()
-            if key not in _RESERVED and value is not None
+
+def _exception_as_exc(_: Any, __: str, event: EventDict) -> EventDict:
+    if "exception" in event:
+        event["exc"] = event.pop("exception")
+    return event
+
+
+class _Escaped:
+    """A console value shown in JSON string syntax (the console renderer reprs what is not a
+    str, and shows a str containing no space or quote as it is)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return json.dumps(self.text)
+
+
+def _terminal_safe(_: Any, __: str, event: EventDict) -> EventDict:
+    """Console lines: text that could forge a line, a field or a terminal escape is shown
+    escaped (JSON string syntax); the renderer quotes a value with a space, quote or `=`."""
+    for key, value in event.items():
+        if not isinstance(value, str) or key == "exc_info":
+            continue
+        if key == "event":
+            if not value.isprintable():
+                event[key] = json.dumps(value)
+        elif not value or not value.isprintable():
+            event[key] = _Escaped(value)
+    return event
+
+
+def _traceback(out: TextIO, exc_info: Any) -> None:
+    """A plain traceback (never the rich formatter's locals: they can hold keys), its
+    non-printable characters but newlines escaped: an exception's text can come from outside."""
+    buffer = io.StringIO()
+    structlog.dev.plain_traceback(buffer, exc_info)
+    out.write(
+        "".join(
+            c if c.isprintable() or c == "\n" else json.dumps(c)[1:-1] for c in buffer.getvalue()
         )
-        return f"{head} {fields}{sep}{trace}" if fields else line
+    )
 
 
-def _quoted(value: object) -> str:
-    text = str(value)
-    plain = text and text.isprintable() and not any(c in text for c in ' "=')
-    return text if plain else json.dumps(text)
+def _in_order(_: Any, __: str, event: EventDict) -> EventDict:
+    """JSON lines: `ts`, `level`, `logger` and `msg` first, then the fields as they came."""
+    head = {key: event.pop(key) for key in ("ts", "level", "logger") if key in event}
+    return {**head, "msg": event.pop("event", ""), **event}
 
 
-def configure(level: str = "INFO", fmt: str = "json") -> None:
+_PRE_CHAIN: tuple[Any, ...] = (
+    _timestamp,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.stdlib.ExtraAdder(),
+    _without_empty,
+)
+
+
+def formatter(fmt: LogFormat = "json", *, colors: bool = False) -> logging.Formatter:
+    """The formatter for `fmt`: `json` (keys `ts`, `level`, `logger`, `msg`, each extra field,
+    `exc` for a traceback) or `console`/`text` (`ts level logger msg key=value…`, then the
+    traceback; ANSI colours only when `colors`)."""
+    if fmt == "json":
+        chain: list[Any] = [
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _exception_as_exc,
+            _in_order,
+            structlog.processors.JSONRenderer(default=str),
+        ]
+    else:
+        chain = [
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _terminal_safe,
+            structlog.dev.ConsoleRenderer(
+                colors=colors,
+                exception_formatter=_traceback,
+                sort_keys=False,
+                timestamp_key="ts",
+                pad_event_to=0,
+            ),
+        ]
+    return structlog.stdlib.ProcessorFormatter(processors=chain, foreign_pre_chain=_PRE_CHAIN)
+
+
+def configure(level: str = "INFO", fmt: LogFormat = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(formatter(fmt, colors=fmt != "json" and sys.stderr.isatty()))
     handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -21,6 +21,7 @@ from typing import Literal
 from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
 
+from dockguard import tracing
 from dockguard.errors import JobFailure
 from dockguard.store.keys import QUEUE_NAME
 
@@ -98,20 +99,25 @@ def stage(name: Stage) -> Iterator[None]:
     `duration_s` (the job and request ids come from the context)."""
     started = time.perf_counter()
     outcome, code = "error", None
-    try:
-        yield
-        outcome = "ok"
-    except JobFailure as failure:
-        outcome, code = "failed", failure.code.value
-        raise
-    except asyncio.CancelledError:
-        outcome = "cancelled"
-        raise
-    finally:
-        duration_s = time.perf_counter() - started
-        STAGE_DURATION.labels(name).observe(duration_s)
-        extra = {"stage": name, "outcome": outcome, "duration_s": round(duration_s, 3)}
-        log.info("stage", extra={**extra, "code": code})
+    with tracing.span(name, attributes={"dockguard.stage": name}) as span:
+        try:
+            yield
+            outcome = "ok"
+        except JobFailure as failure:
+            outcome, code = "failed", failure.code.value
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            duration_s = time.perf_counter() - started
+            STAGE_DURATION.labels(name).observe(duration_s)
+            extra = {"stage": name, "outcome": outcome, "duration_s": round(duration_s, 3)}
+            log.info("stage", extra={**extra, "code": code})
+            if span is not None:
+                span.set_attribute("dockguard.outcome", outcome)
+                if code is not None:
+                    span.set_attribute("dockguard.code", code)
 
 
 async def refresh_queue(redis: Redis) -> None:

@@ -14,6 +14,7 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import Redis
 
+from dockguard import tracing
 from dockguard.models import ScannerLimits
 from dockguard.ports import DockerfileStore, JobLogs, JobStore, Sandbox, Scanner
 from dockguard.sandbox import EngineSandbox, connect
@@ -116,6 +117,7 @@ class Services:
     async def open(cls, settings: Settings) -> Services:
         if settings.redis_url is None:
             raise ValueError("DOCKGUARD_REDIS_URL must be set by the time services open")
+        tracing.configure(settings.otel_endpoint)
         redis = await create_pool(
             redis_settings(settings.redis_url),
             job_serializer=serialize,

@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(4, ge=1)
     worker_metrics_port: int = Field(9101, ge=0, le=65535)  # `dockguard worker`'s /metrics; 0: off
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["json", "console", "text"] = "json"
+    otel_endpoint: str | None = None  # OTLP/HTTP collector, e.g. http://127.0.0.1:4318; None: off
     cors_origins: CommaList = []  # browser origins allowed to call the API; empty: CORS off
 
     @field_validator("cors_origins", mode="before")

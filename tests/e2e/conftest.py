@@ -28,7 +28,7 @@ import uvicorn
 from redis.asyncio import Redis
 
 from dockguard.api import create_app
-from dockguard.logs import ContextFilter, TextFormatter
+from dockguard.logs import ContextFilter, formatter
 from dockguard.sandbox import names
 from dockguard.services import Services
 from dockguard.settings import Settings
@@ -42,7 +42,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     plugin = session.config.pluginmanager.get_plugin("logging-plugin")
     if plugin is not None:
         for handler in (plugin.report_handler, plugin.caplog_handler):
-            handler.setFormatter(TextFormatter())
+            handler.setFormatter(formatter("console"))
             handler.addFilter(ContextFilter())  # job_id and request_id, as the service's own
 
 
@@ -170,7 +170,7 @@ class Instances:
             "redis_url": f"redis://127.0.0.1:{self._redis_port}/{database}",
             "run_timeout_s": 60,
             "build_timeout_s": 300,
-            "log_format": "text",
+            "log_format": "console",
             "scanner_cache_dir": str(self._trivy_db),
             "scanner_db_refresh_h": 0,  # nothing can be downloaded here
         }

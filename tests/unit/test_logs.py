@@ -1,5 +1,5 @@
-"""The text log format carries every field a record has, quoted so hostile text cannot forge a
-line or a field."""
+"""Both log formats carry every field a record has; the console format escapes hostile text so it
+cannot forge a line, a field or a terminal escape, and the JSON format keeps its keys."""
 
 from __future__ import annotations
 
@@ -7,44 +7,106 @@ import json
 import logging
 import sys
 
-from dockguard.logs import JsonFormatter, TextFormatter
+import pytest
+
+from dockguard.logs import ContextFilter, LogFormat, formatter, job_id_var, request_id_var
+
+HOSTILE = 'x\n2026-01-01 00:00:00,000 INFO forged ok=1\r\x1b[2J" job_id=forged'
 
 
-def record(**extra: object) -> logging.LogRecord:
-    entry = logging.LogRecord("dockguard.x", logging.ERROR, "f.py", 1, "it broke", None, None)
+def record(msg: str = "it broke", **extra: object) -> logging.LogRecord:
+    entry = logging.LogRecord("dockguard.x", logging.ERROR, "f.py", 1, msg, None, None)
     entry.__dict__.update(extra)
     return entry
 
 
-def test_text_lines_end_with_the_extra_fields() -> None:
-    line = TextFormatter().format(record(why="the engine refused", job_id="abc", tries=2))
-    assert line.endswith(
-        ' ERROR   dockguard.x it broke why="the engine refused" job_id=abc tries=2'
-    )
+def failed_record() -> logging.LogRecord:
+    try:
+        raise ValueError("inner \x1b[31m")
+    except ValueError:
+        entry = record("failed", why="because")
+        entry.exc_info = sys.exc_info()
+    return entry
 
 
-def test_hostile_field_values_stay_on_one_line_and_in_one_field() -> None:
-    why = 'x\n2026-01-01 00:00:00,000 INFO forged ok=1\r\x1b[2J" job_id=forged'
-    line = TextFormatter().format(record(why=why, empty=""))
+def test_json_lines_start_with_ts_level_logger_msg_then_the_fields() -> None:
+    line = formatter("json").format(record(why="the engine refused", job_id="abc", tries=2))
+    entry = json.loads(line)
+    assert list(entry)[:4] == ["ts", "level", "logger", "msg"]
+    assert entry["level"] == "error" and entry["logger"] == "dockguard.x"
+    assert entry["msg"] == "it broke"
+    assert entry["ts"].endswith("+00:00")
+    assert {k: entry[k] for k in ("why", "job_id", "tries")} == {
+        "why": "the engine refused",
+        "job_id": "abc",
+        "tries": 2,
+    }
+
+
+def test_json_lines_leave_out_empty_fields_and_uvicorns_coloured_copy() -> None:
+    entry = json.loads(formatter("json").format(record(none=None, color_message="\x1b[1mx")))
+    assert "none" not in entry and "color_message" not in entry
+
+
+def test_the_timestamp_is_when_the_record_was_made() -> None:
+    entry = record()
+    entry.created = 0.25
+    assert json.loads(formatter("json").format(entry))["ts"] == "1970-01-01T00:00:00.250+00:00"
+
+
+def test_a_json_traceback_is_in_exc_on_the_same_line() -> None:
+    line = formatter("json").format(failed_record())
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["why"] == "because" and entry["exc"].endswith("ValueError: inner \x1b[31m")
+
+
+def test_json_lines_escape_hostile_text() -> None:
+    line = formatter("json").format(record(HOSTILE, why=HOSTILE))
     assert "\n" not in line and "\r" not in line and "\x1b" not in line
-    value = line.split(" why=", 1)[1].rsplit(" empty=", 1)[0]
-    assert json.loads(value) == why
+    entry = json.loads(line)
+    assert entry["msg"] == HOSTILE and entry["why"] == HOSTILE
+
+
+def test_console_lines_end_with_the_extra_fields() -> None:
+    line = formatter("console").format(record(why="the engine refused", job_id="abc", tries=2))
+    assert " it broke [dockguard.x] " in line
+    assert line.endswith(" why='the engine refused' job_id=abc tries=2")
+
+
+@pytest.mark.parametrize("fmt", ["console", "text"])
+def test_hostile_console_text_stays_on_one_line_and_in_one_field(fmt: LogFormat) -> None:
+    escape_alone = "\x1b[2J"  # no space or quote: the renderer alone would show it as it is
+    line = formatter(fmt).format(record(HOSTILE, why=HOSTILE, esc=escape_alone, empty=""))
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert json.dumps(HOSTILE) in line  # the message, escaped
+    value = line.split(" why=", 1)[1].rsplit(" esc=", 1)[0]
+    assert json.loads(value) == HOSTILE
+    assert f" esc={json.dumps(escape_alone)} " in line
     assert line.endswith(' empty=""')
 
 
-def test_a_traceback_follows_the_fields() -> None:
+def test_a_console_traceback_follows_the_fields_with_escapes_escaped() -> None:
+    first, *rest = formatter("console").format(failed_record()).splitlines()
+    assert first.endswith("failed [dockguard.x] why=because")
+    assert rest[-1] == "ValueError: inner \\u001b[31m"
+
+
+def test_colours_only_when_asked() -> None:
+    assert "\x1b[" not in formatter("console").format(record(why="w"))
+    assert "\x1b[" in formatter("console", colors=True).format(record(why="w"))
+
+
+def test_the_context_filter_adds_the_job_and_request_ids() -> None:
+    job_token, request_token = job_id_var.set("job-1"), request_id_var.set("req-1")
     try:
-        raise ValueError("inner")
-    except ValueError:
-        entry = logging.LogRecord("x", logging.ERROR, "f", 1, "failed", None, None)
-        entry.exc_info = sys.exc_info()
-    entry.why = "because"
-    first, *rest = TextFormatter().format(entry).splitlines()
-    assert first.endswith("failed why=because")
-    assert rest[-1] == "ValueError: inner"
-
-
-def test_json_lines_do_not_carry_the_text_formats_timestamp() -> None:
-    entry = record(why="w")
-    TextFormatter().format(entry)  # sets entry.asctime
-    assert "asctime" not in json.loads(JsonFormatter().format(entry))
+        entry = record()
+        ContextFilter().filter(entry)
+        explicit = record(job_id="other")
+        ContextFilter().filter(explicit)
+    finally:
+        job_id_var.reset(job_token)
+        request_id_var.reset(request_token)
+    line = json.loads(formatter("json").format(entry))
+    assert (line["job_id"], line["request_id"]) == ("job-1", "req-1")
+    assert json.loads(formatter("json").format(explicit))["job_id"] == "other"

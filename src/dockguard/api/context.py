@@ -8,7 +8,9 @@ carries it into its log lines, the job's Docker objects' labels and the webhook.
 
 The line, at the end of each request: method, route template (never the raw path: ids and
 hostile paths stay out of it), status, duration_ms, request_id, client, and job_id when the
-request was about one."""
+request was about one.
+
+With tracing on (`tracing.py`), the request is also a server span, parented on `traceparent`."""
 
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dockguard import metrics
+from dockguard import metrics, tracing
 from dockguard.logs import request_id_var
 
 log = logging.getLogger("dockguard.access")
@@ -71,17 +75,51 @@ class RequestContext:
 
         token = request_id_var.set(request_id)
         try:
-            await self.app(scope, receive, send_with_id)
+            if tracing.enabled():
+                await self._traced(scope, receive, send_with_id, request_id, lambda: status)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
             _log(scope, status, started, request_id)
 
+    async def _traced(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, status: Callable[[], int]
+    ) -> None:
+        """The request as a server span, a child of the caller's `traceparent` if it sent one;
+        named once routing knows its template."""
+        parent = tracing.context_from(Headers(scope=scope))
+        attributes = {"http.request.method": scope["method"], "dockguard.request_id": request_id}
+        with tracing.span(
+            scope["method"], parent=parent, kind=SpanKind.SERVER, attributes=attributes
+        ) as span:
+            assert span is not None
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                template = _template(scope)
+                span.update_name(f"{scope['method']} {template}")
+                span.set_attribute("http.route", template)
+                span.set_attribute("http.response.status_code", status())
+                if (job_id := _job_id(scope)) is not None:
+                    span.set_attribute("dockguard.job_id", job_id)
+                if status() >= 500:
+                    span.set_status(StatusCode.ERROR)
+
+
+def _template(scope: Scope) -> str:
+    return getattr(scope.get("route"), "path", None) or "unmatched"
+
+
+def _job_id(scope: Scope) -> str | None:
+    """The job the request created (set by the route) or named in its path, if well-formed."""
+    job_id = scope.get("state", {}).get("job_id") or scope.get("path_params", {}).get("job_id")
+    return job_id if isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) else None
+
 
 def _log(scope: Scope, status: int, started: float, request_id: str) -> None:
-    route = scope.get("route")
-    template = getattr(route, "path", None) or "unmatched"
+    template = _template(scope)
     client = scope.get("client")
-    job_id = scope.get("state", {}).get("job_id") or scope.get("path_params", {}).get("job_id")
     extra = {
         "method": scope["method"],
         "route": template,
@@ -89,7 +127,7 @@ def _log(scope: Scope, status: int, started: float, request_id: str) -> None:
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         "request_id": request_id,
         "client": f"{client[0]}:{client[1]}" if client else None,
-        "job_id": job_id if isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) else None,
+        "job_id": _job_id(scope),
     }
     log.info("request", extra=extra)
     metrics.http_request(template, scope["method"], status, time.perf_counter() - started)

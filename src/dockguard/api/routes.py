@@ -20,7 +20,7 @@ from pydantic import AfterValidator, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from dockguard import dockerfile as dockerfile_parser
-from dockguard import metrics, submission_policy
+from dockguard import metrics, submission_policy, tracing
 from dockguard.errors import (
     ErrorCode,
     JobFailure,
@@ -216,7 +216,11 @@ async def submit_job(
         # A job no worker starts within the queue timeout is dropped by arq, and failed
         # `worker_lost` by the sweeper when its deadline passes.
         await services.redis.enqueue_job(
-            TASK, job.id, _job_id=job.id, _expires=settings.queue_timeout_s
+            TASK,
+            job.id,
+            trace_parent=tracing.traceparent(),  # the job's span is this request's child
+            _job_id=job.id,
+            _expires=settings.queue_timeout_s,
         )
     except Exception:  # the store write is undone, so a job is either queued or not stored
         await services.store.delete(job.id)

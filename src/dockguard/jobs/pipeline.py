@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
+from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
-from dockguard import base_images, metrics
+from dockguard import base_images, metrics, tracing
 from dockguard.dockerfile import parse as parse_dockerfile
 from dockguard.errors import ErrorCode, JobFailure, JobFinished, JobNotFound, SubmissionError
 from dockguard.lines import LineSink
@@ -83,12 +84,21 @@ def _internal() -> JobFailure:
     return JobFailure(ErrorCode.INTERNAL_ERROR, "an internal error stopped the job; see the logs")
 
 
-async def run_job(services: Services, job_id: str) -> str:
-    """Process one job; returns its final status. Never raises for a job's own failure."""
+async def run_job(services: Services, job_id: str, trace_parent: str | None = None) -> str:
+    """Process one job; returns its final status. Never raises for a job's own failure.
+    `trace_parent`: the submitting request's span (`traceparent` syntax), when traced."""
     token = job_id_var.set(job_id)
     metrics.JOBS_IN_PROGRESS.inc()
+    parent = tracing.context_from({"traceparent": trace_parent}) if trace_parent else None
     try:
-        return await _run(services, job_id)
+        attributes = {"dockguard.job_id": job_id}
+        with tracing.span(
+            "job", parent=parent, kind=SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            status = await _run(services, job_id)
+            if span is not None:
+                span.set_attribute("dockguard.status", status)
+            return status
     finally:
         metrics.JOBS_IN_PROGRESS.dec()
         job_id_var.reset(token)

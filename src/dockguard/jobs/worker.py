@@ -35,9 +35,9 @@ KEEP_RESULT_S = 60
 POLL_DELAY_S = 0.1
 
 
-async def _task(ctx: dict[str, Any], job_id: str) -> str:
+async def _task(ctx: dict[str, Any], job_id: str, trace_parent: str | None = None) -> str:
     services: Services = ctx["services"]
-    return await run_job(services, job_id)
+    return await run_job(services, job_id, trace_parent)
 
 
 def _arq_timeout_s(services: Services) -> float:
