@@ -86,12 +86,12 @@ def serve(
             timeout_graceful_shutdown=10,
         )
 
+    # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit(0) it unwinds through
+    # the `with` below (so the private redis-server is stopped too), and a clean stop exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if settings.redis_url is not None:
         run(settings)
         return
-    # uvicorn re-raises SIGTERM after a graceful shutdown; as SystemExit it unwinds through the
-    # `with` below, so the private redis-server is stopped too.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         with embedded_redis() as url:
             run(settings.model_copy(update={"redis_url": url}))
@@ -103,7 +103,7 @@ def serve(
 @app.command("worker")
 def worker_command() -> None:
     """Run a standalone worker against DOCKGUARD_REDIS_URL (scale by starting more)."""
-    from dockguard.jobs.worker import create_worker
+    from dockguard.jobs.worker import create_worker, serve_jobs, stop_worker
     from dockguard.services import Services
 
     settings = _settings()
@@ -127,14 +127,11 @@ def worker_command() -> None:
         services = await Services.open(settings)
         worker = create_worker(services, handle_signals=True)
         try:
-            await worker.async_run()
+            await serve_jobs(worker)
         except asyncio.CancelledError:  # SIGTERM or SIGINT: arq cancelled its own main task
             log.info("worker stopped by a signal")
         finally:
-            # On a signal arq cancels its running tasks (a job, a cron job such as the sweep at
-            # start) and `close` awaits them: their CancelledError is that stop, not a failure.
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker.close()
+            await stop_worker(worker)
             await services.close()
 
     asyncio.run(main())

@@ -110,9 +110,18 @@ class JobStore(Protocol):
         """Up to `limit` jobs (with `status`, if given) created before `after` (None: the
         newest), newest first; `Page.next` is where the next page starts, None at the end."""
 
-    async def update(self, job_id: str, change: Callable[[Job], None]) -> Job | None:
+    async def claim(self, job_id: str) -> str:
+        """A new attempt holds the job from now on; returns its token."""
+
+    async def holds(self, job_id: str, attempt: str) -> bool:
+        """Whether `attempt` is still the job's latest attempt."""
+
+    async def update(
+        self, job_id: str, change: Callable[[Job], None], *, attempt: str | None = None
+    ) -> Job | None:
         """Apply `change` atomically; None when the job has expired; raise StaleUpdate when the
-        status would move backwards or out of a terminal status."""
+        status would move backwards or out of a terminal status, and (given `attempt`)
+        Superseded when a later attempt has claimed the job."""
 
     async def set_deadline(self, job_id: str, deadline_s: float) -> None: ...
 

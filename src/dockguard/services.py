@@ -3,11 +3,12 @@ and shared by the API and the worker."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiodocker
 from arq import create_pool
@@ -29,6 +30,8 @@ from dockguard.store.logs import RedisJobLogs
 from dockguard.store.scan_cache import ScanCache
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def serialize(payload: dict[str, Any]) -> bytes:
@@ -112,6 +115,22 @@ class Services:
     events: JobEvents | None = None  # the API's `?wait=` (store/events.py); not the worker's
     logs: JobLogs | None = None  # the jobs' live logs (store/logs.py); None: not kept
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+    # Shielded work (a job's cleanup and verdict) still going: a stopping worker awaits it.
+    finishing: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    async def shielded(self, work: Coroutine[Any, Any, T]) -> T:
+        """`work`, run to its end even when the caller is cancelled (a worker stopping mid-job):
+        `drain` awaits what is still running before the process goes."""
+        task = asyncio.ensure_future(work)
+        self.finishing.add(task)
+        task.add_done_callback(self.finishing.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) for the shielded work still running."""
+        if self.finishing:
+            log.info("waiting for jobs' cleanup", extra={"tasks": len(self.finishing)})
+            await asyncio.wait(set(self.finishing), timeout=timeout_s)
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:

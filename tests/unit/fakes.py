@@ -5,6 +5,7 @@ record what was asked of them so a test can say what the pipeline did."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, cast
@@ -31,7 +32,7 @@ from dockguard.sandbox import BuildOutcome, Prepared, RunOutcome
 from dockguard.scanning import evaluate
 from dockguard.services import Services
 from dockguard.settings import Settings, Severity
-from dockguard.store.jobs import changed
+from dockguard.store.jobs import Superseded, changed
 from dockguard.store.listing import Page, Position, position
 
 SCANNER = ScannerInfo(name="trivy", version="0.0-fake", backend="fake")
@@ -70,6 +71,7 @@ class FakeJobStore:
     def __init__(self, dockerfiles: FakeDockerfileStore) -> None:
         self.records: dict[str, str] = {}  # JSON, as in Redis: nothing shared with the caller
         self.deadlines: dict[str, float] = {}
+        self.attempts: dict[str, str] = {}
         self._dockerfiles = dockerfiles
 
     async def create(self, job: Job, dockerfile: str, *, deadline_s: float) -> None:
@@ -86,7 +88,18 @@ class FakeJobStore:
         self.deadlines.pop(job_id, None)
         await self._dockerfiles.delete(job_id)
 
-    async def update(self, job_id: str, change: Callable[[Job], None]) -> Job | None:
+    async def claim(self, job_id: str) -> str:
+        self.attempts[job_id] = token = uuid.uuid4().hex
+        return token
+
+    async def holds(self, job_id: str, attempt: str) -> bool:
+        return self.attempts.get(job_id, attempt) == attempt
+
+    async def update(
+        self, job_id: str, change: Callable[[Job], None], *, attempt: str | None = None
+    ) -> Job | None:
+        if attempt is not None and not await self.holds(job_id, attempt):
+            raise Superseded(f"a later attempt holds job {job_id}")
         before = await self.get(job_id)
         if before is None:
             return None

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from dockguard import __version__
-from dockguard.jobs.worker import create_worker
+from dockguard.jobs.worker import create_worker, serve_jobs, stop_worker
 from dockguard.models import SubmitRequest
 from dockguard.services import Services
 from dockguard.settings import Settings
@@ -31,13 +31,13 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
         services = await Services.open(settings)
         app.state.services = services
         worker = create_worker(services, handle_signals=False) if run_worker else None
-        task = asyncio.create_task(worker.async_run()) if worker else None
+        task = asyncio.create_task(serve_jobs(worker)) if worker else None
         log.info("dockguard API started", extra={"worker": run_worker})
         try:
             yield
         finally:
             if worker and task:
-                await worker.close()
+                await stop_worker(worker)
                 task.cancel()
             await services.close()
 

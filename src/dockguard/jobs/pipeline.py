@@ -14,7 +14,9 @@ from contextlib import asynccontextmanager
 from typing import Literal
 
 from opentelemetry.trace import SpanKind
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dockguard import base_images, metrics, tracing
 from dockguard.dockerfile import parse as parse_dockerfile
@@ -36,7 +38,7 @@ from dockguard.models import (
 from dockguard.sandbox import BuildFailure, Prepared, outcome_failure, parse_result
 from dockguard.services import Services
 from dockguard.settings import Settings
-from dockguard.store import StaleUpdate
+from dockguard.store import StaleUpdate, Superseded
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,11 @@ STEP_SLACK_S = 300
 ARQ_MARGIN_S = 60  # arq's own job timeout, past ours: a backstop behind the pipeline's
 _READ_BACK_TIMEOUT_S = 5
 RUNNING_MARGIN_S = 120  # the reaper's, past the job timeout: arq's timeout and cleanup first
+# A job's record writes ride out a Redis outage: this many tries, 0.5 s apart at first, doubling
+# up to 8 s (about 75 s in all), then the job fails on an internal error.
+_REDIS_TRIES = 12
+_REDIS_RETRY_FIRST_S = 0.5
+_REDIS_RETRY_MAX_S = 8.0
 
 
 def step_timeouts_s(limits: Limits) -> dict[str, float]:
@@ -114,8 +121,9 @@ async def _run(services: Services, job_id: str) -> str:
     # In every log line and Docker label of the job from here on: arq runs each job in a task of
     # its own, so this context is the job's alone.
     request_id_var.set(job.request_id)
+    attempt = await services.store.claim(job_id)  # from here on, a later attempt fences this one
     await services.store.set_deadline(job_id, running_deadline_s(services.settings))
-    pipeline = _Pipeline(services, job_id, job.requested_limits)
+    pipeline = _Pipeline(services, job_id, job.requested_limits, attempt)
     result: JobResult | None = None
     failure: JobFailure | None = None
     timeout_s = job_timeout_s(services.settings, pipeline.limits)
@@ -126,6 +134,8 @@ async def _run(services: Services, job_id: str) -> str:
             result = await pipeline.steps()
     except JobFailure as exc:
         failure = exc
+    except Superseded:
+        pipeline.superseded = True
     except StaleUpdate:
         log.info("job ended elsewhere; stopping")
         ended = await _status_now(services, job_id)
@@ -142,23 +152,36 @@ async def _run(services: Services, job_id: str) -> str:
         log.exception("job failed on an internal error")
         failure = _internal()
     finally:
-        # Shielded: a worker shutting down must not leave this job's objects behind.
+        # Shielded, and awaited by a stopping worker: it must not leave this job's objects
+        # behind. Fenced: a later attempt's objects (same names) are not this one's to remove.
         with metrics.stage("cleanup"):
-            await asyncio.shield(services.sandbox.cleanup(job_id))
+            await services.shielded(pipeline.cleanup())
+    if pipeline.superseded:
+        return await _superseded(services, job_id)
     # The verdict is written only once nothing of the job is left in the engine.
-    status = await asyncio.shield(pipeline.conclude(result, failure))
+    status = await services.shielded(pipeline.conclude(result, failure))
+    if pipeline.superseded:
+        return await _superseded(services, job_id)
     await services.dockerfiles.release(job_id)
     log.info("job finished", extra={"status": status.value})
     return status.value
 
 
-async def fail_lost(services: Services, job_id: str) -> bool:
-    """Fail a job that outlived its deadline unfinished (`worker_lost`; the sweeper's reaper
-    calls this). Returns whether this call ended it."""
-    lost = ErrorInfo(
-        code=ErrorCode.WORKER_LOST.value,
-        message="no worker finished the job by its deadline (a worker stopped or was lost)",
-    )
+async def _superseded(services: Services, job_id: str) -> str:
+    """This attempt lost the job to a later one (its lease ran out while it was paused or cut
+    off): it stops without a verdict, and leaves the Dockerfile and objects to that attempt."""
+    log.warning("a later attempt took the job over; this attempt stops")
+    ended = await _status_now(services, job_id)
+    return "superseded" if ended is None else ended.value
+
+
+_LOST = "no worker finished the job by its deadline (a worker stopped or was lost)"
+
+
+async def fail_lost(services: Services, job_id: str, why: str = _LOST) -> bool:
+    """Fail a job no worker could finish (`worker_lost`): past its deadline (the sweeper's
+    reaper), or interrupted too often (the worker). Returns whether this call ended it."""
+    lost = ErrorInfo(code=ErrorCode.WORKER_LOST.value, message=why)
 
     def change(job: Job) -> None:
         if not job.status.terminal:
@@ -208,12 +231,35 @@ async def _status_now(services: Services, job_id: str) -> JobStatus | None:
 
 class _Pipeline:
     def __init__(
-        self, services: Services, job_id: str, requested: RequestedLimits | None = None
+        self,
+        services: Services,
+        job_id: str,
+        requested: RequestedLimits | None = None,
+        attempt: str | None = None,
     ) -> None:
         self.services = services
         self.settings = services.settings
         self.job_id = job_id
         self.limits = Limits.from_settings(services.settings, requested)
+        self.attempt = attempt
+        self.superseded = False  # a later attempt claimed the job: this one must stop
+
+    async def cleanup(self) -> None:
+        """Remove the job's objects, unless a later attempt holds the job (they are its own)."""
+        if self.attempt is not None and not await self._holds():
+            self.superseded = True
+            return
+        await self.services.sandbox.cleanup(self.job_id)
+
+    async def _holds(self) -> bool:
+        """Whether this attempt still holds the job; True when Redis cannot say (cleaning up a
+        successor's objects fails that attempt, but leaking this one's is worse)."""
+        assert self.attempt is not None
+        try:
+            async with asyncio.timeout(_READ_BACK_TIMEOUT_S):
+                return await self.services.store.holds(self.job_id, self.attempt)
+        except (RedisError, TimeoutError):
+            return True
 
     @asynccontextmanager
     async def stage_log(self, stage: Literal["build", "run"]) -> AsyncIterator[LineSink | None]:
@@ -228,7 +274,25 @@ class _Pipeline:
             await asyncio.shield(writer.aclose())
 
     async def update(self, change: Callable[[Job], None]) -> None:
-        if await self.services.store.update(self.job_id, change) is None:
+        """Write to the job's record, fenced by this attempt; a Redis outage is waited out (a
+        bounded number of tries, backing off), so the job survives a Redis restart."""
+        delay_s = _REDIS_RETRY_FIRST_S
+        for _ in range(_REDIS_TRIES - 1):
+            try:
+                await self._update_once(change)
+                return
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning(
+                    "redis unavailable; the job's write is tried again",
+                    extra={"why": type(exc).__name__, "retry_in_s": delay_s},
+                )
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, _REDIS_RETRY_MAX_S)
+        await self._update_once(change)
+
+    async def _update_once(self, change: Callable[[Job], None]) -> None:
+        job = await self.services.store.update(self.job_id, change, attempt=self.attempt)
+        if job is None:
             raise StaleUpdate(f"job {self.job_id} expired while it ran")
 
     async def conclude(self, result: JobResult | None, failure: JobFailure | None) -> JobStatus:
@@ -244,6 +308,9 @@ class _Pipeline:
 
         try:
             await self.update(change)
+        except Superseded:
+            self.superseded = True
+            return status
         except StaleUpdate:
             log.info("job ended elsewhere before it could be marked %s", status.value)
             return await _status_now(self.services, self.job_id) or status

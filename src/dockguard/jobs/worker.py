@@ -1,5 +1,13 @@
 """The arq worker: one task, `run_job(job_id)`, and beside it the webhook sender
-(jobs/callbacks.py). Used standalone (`dockguard worker`) and inside `dockguard serve`."""
+(jobs/callbacks.py) and the heartbeat. Used standalone (`dockguard worker`) and inside
+`dockguard serve`.
+
+A job's delivery is a lease: arq's in-progress key, set for `LEASE_S` (not arq's default, the
+longest job timeout) and renewed by the heartbeat every `BEAT_S` while the job runs. A worker
+that dies stops renewing, and within `LEASE_S` another worker takes the job again (its first
+step removes what the dead attempt left in the engine); the job store fences the two attempts
+(store/jobs.py). Every delivery ends in a terminal status: past `MAX_TRIES` the job is failed
+`worker_lost` by us, not dropped by arq. A Redis outage pauses the worker (`serve_jobs`)."""
 
 from __future__ import annotations
 
@@ -8,15 +16,19 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
 from arq import Worker, func
+from arq.constants import in_progress_key_prefix
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dockguard import metrics
 from dockguard.jobs.callbacks import CallbackSender
 from dockguard.jobs.dbrefresh import refresh_cron
-from dockguard.jobs.pipeline import ARQ_MARGIN_S, job_timeout_s, run_job
+from dockguard.jobs.pipeline import ARQ_MARGIN_S, fail_lost, job_timeout_s, run_job
 from dockguard.jobs.sweeper import reap_cron, sweep_cron
 from dockguard.services import Services, deserialize, serialize
 from dockguard.store.callbacks import CallbackOutbox
@@ -27,8 +39,16 @@ log = logging.getLogger(__name__)
 
 TASK = "run_job"
 # A job whose worker stopped mid-way is taken again (the pipeline is safe to run twice), at most
-# this many times in all; then arq gives up and the reaper fails it (`worker_lost`).
+# this many times in all; the delivery after that fails it (`worker_lost`).
 MAX_TRIES = 3
+# arq's own limit, only a backstop far past ours: at it arq drops a job without calling us.
+_ARQ_MAX_TRIES = 1000
+# How long a delivery stays a worker's without its heartbeat renewing it (arq's in-progress key).
+LEASE_S = 20.0
+# A worker that lost Redis polls again after this, doubling up to the maximum.
+_REDIS_RETRY_FIRST_S = 1.0
+_REDIS_RETRY_MAX_S = 30.0
+_DRAIN_TIMEOUT_S = 120.0  # the longest a stopping worker waits for its jobs' cleanup
 # arq's own record of a finished task; dockguard's verdict lives in the job record, not here.
 KEEP_RESULT_S = 60
 # How often an idle worker looks at the queue: the delay before a new job is picked up.
@@ -37,6 +57,14 @@ POLL_DELAY_S = 0.1
 
 async def _task(ctx: dict[str, Any], job_id: str, trace_parent: str | None = None) -> str:
     services: Services = ctx["services"]
+    tries = int(ctx.get("job_try") or 1)
+    if tries > MAX_TRIES:
+        why = f"the job was interrupted {tries - 1} times (its worker stopped or was lost)"
+        log.warning("job given up", extra={"job_id": job_id, "tries": tries - 1})
+        if await fail_lost(services, job_id, why):
+            await services.sandbox.cleanup(job_id)
+            await services.dockerfiles.release(job_id)
+        return "failed"
     return await run_job(services, job_id, trace_parent)
 
 
@@ -45,49 +73,68 @@ def _arq_timeout_s(services: Services) -> float:
 
 
 async def _start_background(ctx: dict[str, Any]) -> None:
-    """Beside the jobs: the webhook sender and the worker's heartbeat."""
+    """Beside the jobs: the webhook sender and the worker's heartbeat (once: arq calls this
+    again when `serve_jobs` restarts its poll loop after a Redis outage)."""
+    if ctx.get("background"):
+        return
     services: Services = ctx["services"]
     sender = CallbackSender(services.settings, services.store, CallbackOutbox(services.redis))
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     ctx["worker_id"] = worker_id
     ctx["background"] = [
         asyncio.create_task(sender.run(), name="callback-sender"),
-        asyncio.create_task(_heartbeat(services, worker_id), name="heartbeat"),
+        asyncio.create_task(_heartbeat(services, worker_id, ctx["arq_worker"]), name="heartbeat"),
     ]
 
 
-async def _heartbeat(services: Services, worker_id: str) -> None:
-    """Every BEAT_S: this worker is alive (for /readyz), and the queue's gauges are fresh on its
-    own metrics endpoint."""
+async def _heartbeat(services: Services, worker_id: str, worker: Worker) -> None:
+    """Every BEAT_S: this worker is alive (for /readyz), its deliveries' leases are renewed, and
+    the queue's gauges are fresh on its own metrics endpoint."""
     heartbeats = Heartbeats(services.redis)
     while True:
         try:
             await heartbeats.beat(worker_id)
+            await renew_leases(services, worker)
             await metrics.refresh_queue(services.redis)
         except Exception:  # noqa: BLE001 -- Redis down: /readyz says so; beat again later
             log.warning("heartbeat failed", extra={"worker_id": worker_id, "why": "redis"})
         await asyncio.sleep(BEAT_S)
 
 
+async def renew_leases(services: Services, worker: Worker) -> None:
+    """Extend the in-progress key of every delivery this worker runs by `LEASE_S` (`pexpire`
+    touches only a key that exists: a delivery that just ended is not revived)."""
+    if not worker.tasks:
+        return
+    async with services.redis.pipeline(transaction=False) as pipe:
+        for arq_job_id in list(worker.tasks):
+            pipe.pexpire(in_progress_key_prefix + arq_job_id, int(LEASE_S * 1000))
+        await pipe.execute()
+
+
 async def _stop_background(ctx: dict[str, Any]) -> None:
     """A webhook attempt cut short here is made again when its claim runs out (see
-    store/callbacks.py); the worker stops counting as alive at once."""
+    store/callbacks.py); the jobs' shielded cleanup is awaited; the worker stops counting as
+    alive at once."""
     tasks: list[asyncio.Task[None]] = ctx.pop("background", [])
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     services: Services = ctx["services"]
+    await services.drain(_DRAIN_TIMEOUT_S)
     with contextlib.suppress(Exception):
         await Heartbeats(services.redis).forget(ctx.get("worker_id", ""))
 
 
 def create_worker(services: Services, *, handle_signals: bool) -> Worker:
-    return Worker(
-        functions=[func(_task, name=TASK, max_tries=MAX_TRIES, timeout=_arq_timeout_s(services))],
+    ctx: dict[str, Any] = {"services": services}
+    function = func(_task, name=TASK, max_tries=_ARQ_MAX_TRIES, timeout=_arq_timeout_s(services))
+    worker = Worker(
+        functions=[function],
         cron_jobs=[*refresh_cron(services), sweep_cron(), reap_cron()],
         redis_pool=services.redis,
         queue_name=QUEUE_NAME,
-        ctx={"services": services},
+        ctx=ctx,
         on_startup=_start_background,
         on_shutdown=_stop_background,
         max_jobs=services.settings.worker_concurrency,
@@ -99,3 +146,43 @@ def create_worker(services: Services, *, handle_signals: bool) -> Worker:
         job_deserializer=deserialize,
         log_results=False,
     )
+    # arq sets the in-progress key for the longest timeout of any function (over an hour): the
+    # lease a dead worker's job waited out. The heartbeat renews this short one instead.
+    worker.in_progress_timeout_s = LEASE_S
+    ctx["arq_worker"] = worker
+    return worker
+
+
+async def serve_jobs(worker: Worker) -> None:
+    """Run `worker` until it is stopped (a signal, `close`): a Redis outage pauses its poll loop,
+    backing off, instead of ending it; its running jobs go on (their writes wait Redis out)."""
+    stopped = asyncio.Event()
+    worker.on_stop = lambda _signal: stopped.set()
+    delay_s = _REDIS_RETRY_FIRST_S
+    while not stopped.is_set():
+        started = time.monotonic()
+        try:
+            await worker.async_run()
+            return
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if time.monotonic() - started > 60:
+                delay_s = _REDIS_RETRY_FIRST_S  # it had been working: a new outage
+            log.warning(
+                "redis unavailable; the worker polls again later",
+                extra={"why": type(exc).__name__, "retry_in_s": delay_s},
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopped.wait(), delay_s)
+        delay_s = min(delay_s * 2, _REDIS_RETRY_MAX_S)
+
+
+async def stop_worker(worker: Worker) -> None:
+    """Stop `worker`: its running jobs are cancelled (arq puts them back on the queue), their
+    shielded cleanup is awaited, even when Redis is gone."""
+    # arq's `close` awaits the tasks it cancelled (a job, a cron job such as the sweep at
+    # start): their CancelledError is that stop, not a failure; a Redis error there must not
+    # skip the cleanup either.
+    with contextlib.suppress(asyncio.CancelledError, RedisConnectionError, RedisTimeoutError):
+        await worker.close()
+    services: Services = worker.ctx["services"]
+    await services.drain(_DRAIN_TIMEOUT_S)

@@ -5,7 +5,11 @@ RLIMIT_NPROC does not apply: a fork bomb in a `RUN` could take every PID of the 
 default). The build's `cgroupparent` parameter puts its containers under a cgroup we create with
 `pids.max` set, so they share that limit. This needs write access to the engine host's cgroup
 filesystem (a worker running as root on that host, or with /sys/fs/cgroup mounted) and the
-cgroupfs driver; both cgroup v1 and v2 layouts are handled."""
+cgroupfs driver; both cgroup v1 and v2 layouts are handled, and v1 beside v2's `unified`
+hierarchy (systemd's hybrid layout), where the engine creates the parent too.
+
+Each is removed after its build, again by the job's cleanup (`remove_job`: a build its worker
+died in), and by the sweeper (`sweep`: whatever is left, once old enough)."""
 
 from __future__ import annotations
 
@@ -40,9 +44,7 @@ class BuildCgroup:
 
     def _dirs(self) -> list[Path]:
         """Every directory the engine may create for this parent, deepest last."""
-        if self._v2:
-            return [self._root / PARENT / self.name]
-        return [c / PARENT / self.name for c in self._root.iterdir() if (c / "tasks").exists()]
+        return [parent / self.name for parent in _parents(self._root)]
 
     def create(self) -> str:
         limit_dir = (
@@ -93,3 +95,44 @@ async def pids_limited(name: str, pids: int, root: Path = ROOT) -> AsyncIterator
         yield await asyncio.to_thread(cgroup.create)
     finally:
         await asyncio.shield(asyncio.to_thread(cgroup.remove))
+
+
+def _parents(root: Path) -> list[Path]:
+    """dockguard's directory in every hierarchy under `root`: v2's one, or each v1 controller's
+    and v2's `unified` beside them (any directory that is a cgroup: it has `cgroup.procs`)."""
+    if (root / "cgroup.controllers").exists():
+        return [root / PARENT]
+    try:
+        hierarchies = [c for c in root.iterdir() if (c / "cgroup.procs").exists()]
+    except OSError:
+        return []
+    return [c / PARENT for c in hierarchies]
+
+
+def _rmdir_tree(directory: Path) -> bool:
+    """Remove an empty cgroup and its children (a cgroup with processes cannot be removed)."""
+    for child in sorted(directory.glob("**/"), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            child.rmdir()
+    return not directory.exists()
+
+
+def remove_job(job_id: str, root: Path = ROOT) -> None:
+    """Remove the job's build cgroups in every hierarchy, quietly (a worker without write access
+    to the cgroup filesystem never made any)."""
+    for parent in _parents(root):
+        for directory in parent.glob(f"{job_id}-*"):
+            _rmdir_tree(directory)
+
+
+def sweep(older_than_s: float, root: Path = ROOT) -> int:
+    """Remove every build cgroup (`<job id>-<stage>`) last changed more than `older_than_s` ago
+    and holding no process; returns how many."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for parent in _parents(root):
+        for directory in parent.glob("*-*"):
+            with contextlib.suppress(OSError):
+                if directory.is_dir() and directory.stat().st_mtime < cutoff:
+                    removed += _rmdir_tree(directory)
+    return removed

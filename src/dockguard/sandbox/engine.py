@@ -20,7 +20,7 @@ from dockguard.base_images import BaseImage
 from dockguard.errors import ErrorCode
 from dockguard.lines import LineSink
 from dockguard.models import BuildLimits, RunLimits
-from dockguard.sandbox import archive, egress, names
+from dockguard.sandbox import archive, cgroups, egress, names
 from dockguard.sandbox.bases import check_bases
 from dockguard.sandbox.build import Builder, BuildFailure, BuildOutcome
 from dockguard.sandbox.cleanup import ignore_missing, remove_objects, sweep, wait_for_build_end
@@ -153,6 +153,8 @@ class EngineSandbox:
                 await remove_objects(self.docker, names.label_filter(job_id))
                 # The tag only ever names a labelled image: gone already, unless it was in use.
                 await ignore_missing(self.docker.images.delete(names.image_tag(job_id, "build")))
+                # A build its worker died in left its process-limit cgroup (cgroups.py).
+                await asyncio.to_thread(cgroups.remove_job, job_id)
                 if self._egress is not None:
                     await egress.remove_firewall(job_id)
             self._interrupted.discard(job_id)
@@ -163,6 +165,7 @@ class EngineSandbox:
         """Remove every dockguard object created more than `older_than_s` ago, and the build
         firewall rules whose job network is gone; returns how many objects."""
         removed = await sweep(self.docker, older_than_s)
+        removed += await asyncio.to_thread(cgroups.sweep, older_than_s)
         if self._egress is not None:
             try:
                 await egress.prune_firewall(self.docker)

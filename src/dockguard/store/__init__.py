@@ -1,4 +1,4 @@
 from dockguard.store.dockerfiles import RedisDockerfileStore
-from dockguard.store.jobs import RedisJobStore, StaleUpdate
+from dockguard.store.jobs import RedisJobStore, StaleUpdate, Superseded
 
-__all__ = ["RedisDockerfileStore", "RedisJobStore", "StaleUpdate"]
+__all__ = ["RedisDockerfileStore", "RedisJobStore", "StaleUpdate", "Superseded"]

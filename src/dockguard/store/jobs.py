@@ -9,11 +9,16 @@ change is an entry of the job's live log, in the same transaction (see logs.py),
 with a webhook, the webhook's first attempt when the job ends (see callbacks.py).
 A second sorted set indexes every job by creation time for `list_jobs` (see listing.py): `create`
 adds to it (and trims what is older than the TTL), `delete` and listing remove from it.
+Each attempt at a job (a worker taking it, again after a crash or a lost lease) `claim`s it with
+a fresh token; an `update` given its attempt's token fails with `Superseded` once a later attempt
+has claimed the job, so an attempt that lost its lease (a paused worker) cannot write over its
+successor, nor end the job twice.
 (Every Redis key is built in keys.py.)"""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING
@@ -23,7 +28,14 @@ from redis.exceptions import RedisError, WatchError
 
 from dockguard.models import Job, JobStatus, StatusEvent, utcnow
 from dockguard.store import callbacks, listing, logs
-from dockguard.store.keys import DEADLINES, JOB_ENDED_CHANNEL, JOBS, job_key, logs_key
+from dockguard.store.keys import (
+    DEADLINES,
+    JOB_ENDED_CHANNEL,
+    JOBS,
+    attempt_key,
+    job_key,
+    logs_key,
+)
 
 if TYPE_CHECKING:  # the store layer does not load the sandbox (and aiodocker) at run time
     from dockguard.ports import DockerfileStore
@@ -31,6 +43,11 @@ if TYPE_CHECKING:  # the store layer does not load the sandbox (and aiodocker) a
 
 class StaleUpdate(Exception):
     """The update would move a job's status backwards (e.g. a retried step after the job ended)."""
+
+
+class Superseded(StaleUpdate):
+    """A later attempt has claimed the job: this one must stop, and leave the job's objects and
+    record to it."""
 
 
 class RedisJobStore:
@@ -78,7 +95,7 @@ class RedisJobStore:
         return None if raw is None else Job.model_validate_json(raw)
 
     async def delete(self, job_id: str) -> None:
-        await self._redis.delete(job_key(job_id), logs_key(job_id))
+        await self._redis.delete(job_key(job_id), logs_key(job_id), attempt_key(job_id))
         await self._redis.zrem(DEADLINES, job_id)
         await self._redis.zrem(JOBS, job_id)
         await self._dockerfiles.delete(job_id)
@@ -101,18 +118,36 @@ class RedisJobStore:
     async def forget_deadline(self, job_id: str) -> None:
         await self._redis.zrem(DEADLINES, job_id)
 
-    async def update(self, job_id: str, change: Callable[[Job], None]) -> Job | None:
+    async def claim(self, job_id: str) -> str:
+        """A new attempt at the job holds it from now on; returns its token (for `update`)."""
+        token = uuid.uuid4().hex
+        await self._redis.set(attempt_key(job_id), token, ex=self._ttl_s)
+        return token
+
+    async def holds(self, job_id: str, attempt: str) -> bool:
+        """Whether `attempt` is still the job's latest attempt."""
+        held = await self._redis.get(attempt_key(job_id))
+        return held is None or held.decode() == attempt
+
+    async def update(
+        self, job_id: str, change: Callable[[Job], None], *, attempt: str | None = None
+    ) -> Job | None:
         """Apply `change` to the stored job atomically (optimistic WATCH/MULTI), keeping its TTL.
 
         Returns the updated job, or None when the job has expired. Raises StaleUpdate, leaving the
         record as it was, when the change would move the status backwards or out of a terminal
-        status: a step that arq retries after the job ended must not resurrect it.
+        status: a step that arq retries after the job ended must not resurrect it; and, given
+        `attempt`, Superseded when a later attempt has claimed the job.
         """
         key = job_key(job_id)
         while True:
             async with self._redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(key)
+                    await pipe.watch(key, attempt_key(job_id))
+                    if attempt is not None:
+                        held = await pipe.get(attempt_key(job_id))
+                        if held is not None and held.decode() != attempt:
+                            raise Superseded(f"a later attempt holds job {job_id}")
                     raw = await pipe.get(key)
                     if raw is None:
                         return None

@@ -18,6 +18,11 @@ def job_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+def attempt_key(job_id: str) -> str:
+    """The token of the attempt that holds the job now (jobs.py: `claim`, fenced `update`)."""
+    return f"{PREFIX}:attempt:{job_id}"
+
+
 def logs_key(job_id: str) -> str:
     """The job's live log, a stream (logs.py)."""
     return f"{PREFIX}:logs:{job_id}"
