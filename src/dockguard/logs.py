@@ -4,9 +4,13 @@ id and request id attached to every record through context variables."""
 
 from __future__ import annotations
 
+import atexit
+import copy
 import io
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 from collections.abc import MutableMapping
 from contextvars import ContextVar
@@ -131,12 +135,41 @@ def formatter(fmt: LogFormat = "json", *, colors: bool = False) -> logging.Forma
     return structlog.stdlib.ProcessorFormatter(processors=chain, foreign_pre_chain=_PRE_CHAIN)
 
 
+class _Handoff(logging.handlers.QueueHandler):
+    """Hands each record to the writer thread as it is (the queue is in-process: no pickling,
+    so the traceback stays for the formatter), its message merged with its arguments."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        record.msg, record.args = record.getMessage(), None
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+@atexit.register  # what is still queued is written before the process ends
+def stop_writer() -> None:
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
 def configure(level: str = "INFO", fmt: LogFormat = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(fmt, colors=fmt != "json" and sys.stderr.isatty()))
-    handler.addFilter(ContextFilter())
+    """The root logger writes to stderr from a thread of its own: formatting and the write stay
+    off the event loop. The context (job and request ids) is read where the record is made."""
+    global _listener
+    stop_writer()
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(formatter(fmt, colors=fmt != "json" and sys.stderr.isatty()))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handoff = _Handoff(records)
+    handoff.addFilter(ContextFilter())
+    _listener = logging.handlers.QueueListener(records, writer)
+    _listener.start()
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handoff]
     root.setLevel(level)
     # arq logs every job start/end at INFO with its arguments; ours are only ids, but keep it quiet.
     logging.getLogger("arq").setLevel(max(logging.WARNING, root.level))

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import logging
+
+import httpx
 import pytest
 from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
 
-from dockguard.api.context import request_id_of
+from dockguard.api.context import RequestContext, request_id_of
 from dockguard.logs import request_id_var
 from dockguard.sandbox import names
 
@@ -57,3 +61,24 @@ def test_labels_carry_the_request_id_with_nothing_that_could_break_a_label_instr
     finally:
         request_id_var.reset(token)
     assert label == "ok-1.2:3@x+y=z__quote___HOME____tick_"
+
+
+async def test_a_probe_is_answered_in_the_outermost_layer_with_its_id_and_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("a probe must not reach the app")
+
+    app = RequestContext(inner)
+    caplog.set_level(logging.INFO, logger="dockguard.access")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        answer = await client.get("/healthz", headers={"X-Request-ID": "probe-1"})
+        head = await client.head("/healthz")
+    assert answer.status_code == 200 and answer.json() == {"status": "ok"}
+    assert answer.headers["X-Request-ID"] == "probe-1"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert head.status_code == 200 and head.content == b""
+    lines = [r for r in caplog.records if r.name == "dockguard.access"]
+    assert [(r.route, r.status) for r in lines] == [("/healthz", 200), ("/healthz", 200)]  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dockguard import metrics, tracing
+from dockguard.api.headers import with_security_headers
 from dockguard.logs import request_id_var
 
 log = logging.getLogger("dockguard.access")
@@ -75,7 +76,9 @@ class RequestContext:
 
         token = request_id_var.set(request_id)
         try:
-            if tracing.enabled():
+            if _is_probe(scope):
+                await _healthz(scope, send_with_id)  # no router, no dependencies
+            elif tracing.enabled():
                 await self._traced(scope, receive, send_with_id, request_id, lambda: status)
             else:
                 await self.app(scope, receive, send_with_id)
@@ -107,7 +110,35 @@ class RequestContext:
                     span.set_status(StatusCode.ERROR)
 
 
+HEALTHZ = "/healthz"
+_HEALTHZ_BODY = b'{"status":"ok"}'
+_HEALTHZ_HEADERS = with_security_headers(
+    [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_HEALTHZ_BODY)).encode()),
+    ]
+)
+
+
+def _is_probe(scope: Scope) -> bool:
+    """`GET /healthz` from a probe; a browser's (it sends `Origin`) goes the way with CORS."""
+    if scope["path"] != HEALTHZ or scope["method"] not in ("GET", "HEAD"):
+        return False
+    return not any(name == b"origin" for name, _ in scope["headers"])
+
+
+async def _healthz(scope: Scope, send: Send) -> None:
+    """`GET /healthz`, answered here, in the outermost layer: liveness needs nothing else (the
+    route in routes.py documents it in the OpenAPI schema and answers the same)."""
+    scope["healthz"] = True
+    await send({"type": "http.response.start", "status": 200, "headers": list(_HEALTHZ_HEADERS)})
+    body = b"" if scope["method"] == "HEAD" else _HEALTHZ_BODY
+    await send({"type": "http.response.body", "body": body})
+
+
 def _template(scope: Scope) -> str:
+    if scope.get("healthz"):
+        return HEALTHZ
     return getattr(scope.get("route"), "path", None) or "unmatched"
 
 

@@ -61,7 +61,8 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """(async: FastAPI runs a plain `def` dependency in a thread, a hop on every request)"""
     services: Services = request.app.state.services
     return services
 
@@ -69,7 +70,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_submission_policy(
+async def get_submission_policy(
     request: Request, services: ServicesDep
 ) -> submission_policy.SubmissionPolicy:
     """Built from the settings on the first submission, then kept for the app's lifetime."""
@@ -188,7 +189,7 @@ WaitQuery = Annotated[
 )
 async def submit_job(
     request: Request, services: ServicesDep, policy: PolicyDep, wait: WaitQuery = None
-) -> JSONResponse:
+) -> Response:
     headers = request.headers.getlist(submissions.IDEMPOTENCY_KEY_HEADER)
     key = submissions.check_idempotency_key(headers)
     limit = services.settings.max_dockerfile_bytes
@@ -228,15 +229,18 @@ async def submit_job(
             await once.release()
         raise
     request.state.job_id = job.id  # for the request's log line (context.py)
-    log.info("job queued", extra={"job_id": job.id, "bytes": job.dockerfile_bytes})
+    log.debug("job queued", extra={"job_id": job.id, "bytes": job.dockerfile_bytes})
     if wait is not None:  # long-poll the new job, as GET ?wait= does
         job = await _read_job(services, job.id, wait) or job
     return _job_response(job, 202)
 
 
-def _job_response(job: Job, status: int) -> JSONResponse:
-    return JSONResponse(
-        job.model_dump(mode="json"), status_code=status, headers={"Location": f"/v1/jobs/{job.id}"}
+def _job_response(job: Job, status: int) -> Response:
+    return Response(
+        job.model_dump_json(),
+        status_code=status,
+        media_type="application/json",
+        headers={"Location": f"/v1/jobs/{job.id}"},
     )
 
 
@@ -309,11 +313,12 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     ),
     responses=problem_responses(404, 422),
 )
-async def get_job(job_id: str, services: ServicesDep, wait: WaitQuery = None) -> Job:
+async def get_job(job_id: str, services: ServicesDep, wait: WaitQuery = None) -> Response:
     job = await _read_job(services, job_id, wait)
     if job is None:
         raise JobNotFound(job_id[:64])
-    return job
+    # Validated as it was read: dumped once, not validated again as the response model.
+    return Response(job.model_dump_json(), media_type="application/json")
 
 
 async def _read_job(services: Services, job_id: str, wait_s: float | None) -> Job | None:
