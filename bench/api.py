@@ -93,28 +93,24 @@ async def hello(
 
 
 def serve_hello(port: int) -> None:
-    """`uvicorn.run` exactly as `dockguard serve` calls it (src/dockguard/cli.py), but for
-    `hello`: one process, loop and http left at "auto"."""
+    """`uvicorn.run` exactly as `dockguard serve` calls it (src/dockguard/cli.py, with
+    api/server.py's options), but for `hello`: one process, the same loop and HTTP parser."""
     import uvicorn
 
-    uvicorn.run(
-        hello,
-        host=HOST,
-        port=port,
-        log_config=None,
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-    )
+    from dockguard.api.server import UVICORN_OPTIONS
+
+    uvicorn.run(hello, host=HOST, port=port, **UVICORN_OPTIONS)
 
 
 def uvicorn_implementation() -> tuple[str, str]:
-    """What uvicorn's "auto" loop and http resolve to in this interpreter (as for `serve`)."""
+    """The loop uvicorn's "auto" resolves to in this interpreter, and the HTTP protocol `serve`
+    passes (api/server.py)."""
     import importlib.util
 
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from dockguard.api.server import UVICORN_OPTIONS
 
     loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-    return loop, AutoHTTPProtocol.__name__
+    return loop, UVICORN_OPTIONS["http"].__name__
 
 
 # --- processes -----------------------------------------------------------------------------------
@@ -276,7 +272,7 @@ def machine() -> Iterator[str]:
     ).stdout
     yield f"machine: nproc {usable} (os.cpu_count {os.cpu_count()}), CPU {cpu}"
     yield f"python {platform.python_version()} ({sys.executable}), uvicorn {uvicorn.__version__}"
-    yield f"uvicorn (both servers): loop={loop}, http={http}, 1 process, log_config=None"
+    yield f"uvicorn (both servers): loop={loop}, http={http} (httptools), 1 process, no access log"
     yield f"{wrk_version.splitlines()[0] if wrk_version else 'wrk ?'}; {redis_version.strip()}"
 
 

@@ -70,6 +70,7 @@ def serve(
     """Run the HTTP API (and, unless --no-worker, a worker). Without DOCKGUARD_REDIS_URL, a private
     redis-server is started and stopped with it."""
     from dockguard.api import create_app
+    from dockguard.api.server import UVICORN_OPTIONS
 
     settings = _settings()
     if settings.redis_url is None and not worker:
@@ -77,14 +78,8 @@ def serve(
 
     def run(settings: Settings) -> None:
         api = create_app(settings, run_worker=worker)
-        uvicorn.run(
-            api,
-            host=host or settings.host,
-            port=settings.port if port is None else port,
-            log_config=None,
-            proxy_headers=False,
-            timeout_graceful_shutdown=10,
-        )
+        port_ = settings.port if port is None else port
+        uvicorn.run(api, host=host or settings.host, port=port_, **UVICORN_OPTIONS)
 
     # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit(0) it unwinds through
     # the `with` below (so the private redis-server is stopped too), and a clean stop exits 0.

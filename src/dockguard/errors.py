@@ -18,10 +18,12 @@
           scanner_db_missing, scanner_untrusted, base_image_forbidden, build_failed,
           build_timeout, user_invalid, data_dir_invalid, run_start_failed, run_timeout,
           run_oom, run_nonzero_exit, result_missing, result_invalid, result_too_large,
-          result_not_regular_file, job_timeout, worker_lost, job_cancelled, internal_error
+          result_not_regular_file, job_timeout, worker_lost, engine_unavailable, job_cancelled,
+          internal_error
           (base_image_forbidden: a base image has ONBUILD triggers, which would run unscanned;
            job_timeout: the whole job outlived its deadline; worker_lost: no worker finished the
-           job by its deadline, found by the sweeper)
+           job by its deadline, found by the sweeper; engine_unavailable: the worker's connection
+           to the Docker Engine failed mid-job, so no verdict could be reached)
           (user_invalid: the image's USER cannot be used; data_dir_invalid: the image's /data is
            not a directory; run_start_failed: the engine refused to create or start the run's
            container because of the image's configuration, e.g. a CMD that does not exist)
@@ -73,6 +75,7 @@ class ErrorCode(StrEnum):
     RESULT_NOT_REGULAR_FILE = "result_not_regular_file"
     JOB_TIMEOUT = "job_timeout"
     WORKER_LOST = "worker_lost"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
     JOB_CANCELLED = "job_cancelled"
     JOB_FINISHED = "job_finished"
     INTERNAL_ERROR = "internal_error"

@@ -4,10 +4,11 @@ known methods, HTTP statuses, job statuses and error codes, stage and reason nam
 id, a path or anything a client chose.
 
 Who counts what: the API process counts HTTP requests and the jobs it ends (cancel); a worker
-counts the jobs it ends, its stages, the sandbox's kills, scan cache hits and the sweeper's
-removals. `dockguard serve` runs both in one process and serves them all on `/metrics`; a
-standalone `dockguard worker` serves its own on `DOCKGUARD_WORKER_METRICS_PORT`. The queue's
-depth and oldest age, and the workers alive, are read from Redis, so any replica reports them."""
+counts the jobs it ends, its stages, the sandbox's kills, scan cache hits, and what the sweeper
+and the watchdog removed. `dockguard serve` runs both in one process and serves them all on
+`/metrics`; a standalone `dockguard worker` serves its own on `DOCKGUARD_WORKER_METRICS_PORT`.
+The queue's depth and oldest age, and the workers alive, are read from Redis, so any replica
+reports them."""
 
 from __future__ import annotations
 
@@ -67,6 +68,14 @@ SCAN_CACHE_HITS = Counter(
 SWEEPER_REMOVED = Counter(
     "dockguard_sweeper_removed_total", "What the sweeper and reaper removed or ended.", ["kind"]
 )
+# Why the watchdog removed a container (sandbox/watchdog.py `decide`).
+ORPHAN_KINDS = ("past_deadline", "job_ended", "job_gone")
+ORPHANS_REMOVED = Counter(
+    "dockguard_orphans_removed_total",
+    "Containers the watchdog removed: alive past their deadline, or of a job that ended (or "
+    "whose record is gone) with no worker holding it.",
+    ["kind"],
+)
 WORKERS_ALIVE = Gauge(
     "dockguard_workers_alive", "Workers whose heartbeat was seen in the last 30 s (Redis)."
 )
@@ -80,6 +89,8 @@ for _reason in ("timeout", "oom"):
     SANDBOX_KILLS.labels(_reason)
 for _target in ("dockerfile", "image"):
     SCAN_CACHE_HITS.labels(_target)
+for _kind in ORPHAN_KINDS:
+    ORPHANS_REMOVED.labels(_kind)
 
 
 def http_request(route: str, method: str, status: int, duration_s: float) -> None:

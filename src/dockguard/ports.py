@@ -20,7 +20,9 @@ from dockguard.models import (
     ScanReport,
 )
 from dockguard.sandbox import BuildOutcome, Prepared, RunOutcome
+from dockguard.sandbox.watchdog import Watched
 from dockguard.store.listing import Page, Position
+from dockguard.store.queue import QueueEntry
 
 
 class Sandbox(Protocol):
@@ -51,6 +53,13 @@ class Sandbox(Protocol):
 
     async def sweep(self, older_than_s: float) -> int:
         """Remove what outlived every job; returns how many objects."""
+
+    async def watched(self) -> list[Watched]:
+        """Every container dockguard manages in the engine, with its job and deadline labels."""
+
+    async def kill_container(self, container_id: str) -> bool:
+        """Kill and remove one container `watched` listed; False when it was not removed (gone
+        already, or refused). Never raises for the container's own sake."""
 
 
 class StageLog(LineSink, Protocol):
@@ -98,9 +107,19 @@ class CallbackQueue(Protocol):
 
 
 class JobStore(Protocol):
-    async def create(self, job: Job, dockerfile: str, *, deadline_s: float) -> None: ...
+    async def create(
+        self, job: Job, dockerfile: str, *, deadline_s: float, queue: QueueEntry | None = None
+    ) -> bool:
+        """Store the job (and, with `queue`, queue it at once); False, nothing kept, when the
+        queue is full."""
+
+    async def enqueue(self, queue: QueueEntry) -> bool:
+        """Queue a stored job; False when the queue is full."""
 
     async def get(self, job_id: str) -> Job | None: ...
+
+    async def get_json(self, job_id: str) -> bytes | None:
+        """The job as stored: its API JSON."""
 
     async def delete(self, job_id: str) -> None: ...
 
@@ -110,8 +129,13 @@ class JobStore(Protocol):
         """Up to `limit` jobs (with `status`, if given) created before `after` (None: the
         newest), newest first; `Page.next` is where the next page starts, None at the end."""
 
-    async def claim(self, job_id: str) -> str:
-        """A new attempt holds the job from now on; returns its token."""
+    async def claim(self, job_id: str, *, lease_s: float) -> str | None:
+        """A new attempt holds the job from now on, and its lease for `lease_s`; returns its
+        token, or None while another attempt's lease runs."""
+
+    async def renew(self, job_id: str, attempt: str, lease_s: float) -> bool:
+        """Extend `attempt`'s lease to `lease_s` from now (0: end it); False when it is not
+        that attempt's any more."""
 
     async def holds(self, job_id: str, attempt: str) -> bool:
         """Whether `attempt` is still the job's latest attempt."""

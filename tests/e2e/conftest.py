@@ -28,6 +28,7 @@ import uvicorn
 from redis.asyncio import Redis
 
 from dockguard.api import create_app
+from dockguard.api.server import UVICORN_OPTIONS
 from dockguard.logs import ContextFilter, formatter
 from dockguard.sandbox import names
 from dockguard.services import Services
@@ -180,7 +181,7 @@ class Instances:
         sock = _free_socket()
         port = sock.getsockname()[1]
         app = create_app(settings, run_worker=run_worker)
-        config = uvicorn.Config(app, log_config=None, lifespan="on")
+        config = uvicorn.Config(app, lifespan="on", **UVICORN_OPTIONS)  # as `dockguard serve`
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:

@@ -29,11 +29,13 @@ from dockguard.models import (
     utcnow,
 )
 from dockguard.sandbox import BuildOutcome, Prepared, RunOutcome
+from dockguard.sandbox.watchdog import Watched
 from dockguard.scanning import evaluate
 from dockguard.services import Services
 from dockguard.settings import Settings, Severity
 from dockguard.store.jobs import Superseded, changed
 from dockguard.store.listing import Page, Position, position
+from dockguard.store.queue import QueueEntry
 
 SCANNER = ScannerInfo(name="trivy", version="0.0-fake", backend="fake")
 POLICY = ScanPolicy(fail_on=[Severity.HIGH, Severity.CRITICAL], ignore=[])
@@ -71,26 +73,52 @@ class FakeJobStore:
     def __init__(self, dockerfiles: FakeDockerfileStore) -> None:
         self.records: dict[str, str] = {}  # JSON, as in Redis: nothing shared with the caller
         self.deadlines: dict[str, float] = {}
+        self.queued: list[str] = []  # the ids `create`/`enqueue` queued
         self.attempts: dict[str, str] = {}
+        self.leases: dict[str, str] = {}  # job id → the attempt whose lease runs
         self._dockerfiles = dockerfiles
 
-    async def create(self, job: Job, dockerfile: str, *, deadline_s: float) -> None:
+    async def create(
+        self, job: Job, dockerfile: str, *, deadline_s: float, queue: QueueEntry | None = None
+    ) -> bool:
+        if queue is not None and not await self.enqueue(queue):
+            return False
         await self._dockerfiles.put(job.id, dockerfile)
         self.records[job.id] = job.model_dump_json()
         self.deadlines[job.id] = deadline_s
+        return True
+
+    async def enqueue(self, queue: QueueEntry) -> bool:
+        if len(self.queued) >= queue.max_queued:
+            return False
+        self.queued.append(queue.job_id)
+        return True
 
     async def get(self, job_id: str) -> Job | None:
         raw = self.records.get(job_id)
         return None if raw is None else Job.model_validate_json(raw)
+
+    async def get_json(self, job_id: str) -> bytes | None:
+        raw = self.records.get(job_id)
+        return None if raw is None else raw.encode()
 
     async def delete(self, job_id: str) -> None:
         self.records.pop(job_id, None)
         self.deadlines.pop(job_id, None)
         await self._dockerfiles.delete(job_id)
 
-    async def claim(self, job_id: str) -> str:
-        self.attempts[job_id] = token = uuid.uuid4().hex
+    async def claim(self, job_id: str, *, lease_s: float) -> str | None:
+        if job_id in self.leases:  # leases never lapse here: a test ends one with `renew`
+            return None
+        self.attempts[job_id] = self.leases[job_id] = token = uuid.uuid4().hex
         return token
+
+    async def renew(self, job_id: str, attempt: str, lease_s: float) -> bool:
+        if self.leases.get(job_id) != attempt:
+            return False
+        if not lease_s:
+            del self.leases[job_id]
+        return True
 
     async def holds(self, job_id: str, attempt: str) -> bool:
         return self.attempts.get(job_id, attempt) == attempt
@@ -185,6 +213,7 @@ class FakeSandbox:
     calls: list[str] = field(default_factory=list)
     build_limits: list[BuildLimits] = field(default_factory=list)
     run_limits: list[RunLimits] = field(default_factory=list)
+    containers: list[Watched] = field(default_factory=list)  # what `watched` lists
 
     async def _step(self, name: str) -> None:
         self.calls.append(name)
@@ -232,6 +261,16 @@ class FakeSandbox:
     async def sweep(self, older_than_s: float) -> int:
         self.calls.append("sweep")
         return 0
+
+    async def watched(self) -> list[Watched]:
+        self.calls.append("watched")
+        return list(self.containers)
+
+    async def kill_container(self, container_id: str) -> bool:
+        self.calls.append(f"kill {container_id}")
+        found = [c for c in self.containers if c.id == container_id]
+        self.containers = [c for c in self.containers if c.id != container_id]
+        return bool(found)
 
 
 @dataclass

@@ -8,8 +8,18 @@ import logging
 import sys
 
 import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
-from dockguard.logs import ContextFilter, LogFormat, formatter, job_id_var, request_id_var
+from dockguard.logs import (
+    _RECORD_KEYS,
+    ContextFilter,
+    LogFormat,
+    formatter,
+    job_id_var,
+    request_id_var,
+)
 
 HOSTILE = 'x\n2026-01-01 00:00:00,000 INFO forged ok=1\r\x1b[2J" job_id=forged'
 
@@ -110,3 +120,35 @@ def test_the_context_filter_adds_the_job_and_request_ids() -> None:
     line = json.loads(formatter("json").format(entry))
     assert (line["job_id"], line["request_id"]) == ("job-1", "req-1")
     assert json.loads(formatter("json").format(explicit))["job_id"] == "other"
+
+
+# Field names an `extra` may use (the stdlib refuses `message`, `asctime` and the record's own),
+# including the ones the line itself writes, and values of every kind a field can hold.
+_NAMES = st.sampled_from(["ts", "level", "logger", "event", "color_message", "why", "job_id"])
+_VALUES = st.one_of(
+    st.none(), st.text(), st.integers(), st.floats(), st.booleans(), st.lists(st.text())
+)
+
+
+@given(
+    msg=st.text(),
+    level=st.sampled_from([logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, 60]),
+    extra=st.dictionaries(st.one_of(_NAMES, st.text(min_size=1)), _VALUES, max_size=6),
+)
+def test_the_direct_json_line_is_the_processor_chains_line(
+    msg: str, level: int, extra: dict[str, object]
+) -> None:
+    """Differential: the json format writes most records itself, skipping structlog's chain; for
+    any message, level and extra fields both must write the same line."""
+    extra = {k: v for k, v in extra.items() if k not in _RECORD_KEYS}
+    entry = logging.LogRecord("dockguard.x", level, "f.py", 1, msg, None, None)
+    entry.__dict__.update(extra)
+    fmt = formatter("json")
+    assert isinstance(fmt, structlog.stdlib.ProcessorFormatter)
+    chain_line = structlog.stdlib.ProcessorFormatter.format(fmt, logging.makeLogRecord(vars(entry)))
+    assert fmt.format(entry) == chain_line
+
+
+def test_a_record_with_a_traceback_goes_through_the_chain() -> None:
+    entry = json.loads(formatter("json").format(failed_record()))
+    assert "ValueError" in entry["exc"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp
 
 from dockguard import __version__
 from dockguard.jobs.worker import create_worker, serve_jobs, stop_worker
@@ -18,7 +19,7 @@ from dockguard.services import Services
 from dockguard.settings import Settings
 
 from . import context, docs, headers, problems
-from .routes import router
+from .routes import router, serve_fast
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
                 task.cancel()
             await services.close()
 
-    app = FastAPI(
+    app = _App(
         title="dockguard",
         version=__version__,
         summary="Scan, build and run untrusted Dockerfiles in a hardened sandbox.",
@@ -51,13 +52,21 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
     )
     problems.install(app)
     app.include_router(router)
+    serve_fast(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     docs.install(app)
-    headers.install(app, settings.cors_origins)  # after problems: it covers their 500 answer
-
-    app.add_middleware(context.RequestContext)  # outermost of ours: its line times them all
-
+    headers.install(app, settings.cors_origins)
     return app
+
+
+class _App(FastAPI):
+    """FastAPI, with context.RequestContext around its whole stack (outside Starlette's error
+    handler and FastAPI's own layers): the request id, the security headers and the access line
+    cover every answer, the catch-all 500 too, and a probe's `/healthz` is answered before any of
+    the stack runs."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return context.RequestContext(super().build_middleware_stack())
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

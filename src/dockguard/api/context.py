@@ -50,7 +50,9 @@ def request_id_of(headers: Headers) -> str:
 
 
 class RequestContext:
-    """Sets the request id for the request's duration, answers it, and logs the request."""
+    """The outermost layer (app.py puts it outside even Starlette's error handler): sets the
+    request id for the request's duration, answers it with the security headers (headers.py),
+    and logs the request; answers a probe's `/healthz` itself."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -68,10 +70,12 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *(h for h in message.get("headers", []) if h[0].lower() != _RAW_HEADER),
-                    (_RAW_HEADER, request_id.encode("latin-1")),
-                ]
+                message["headers"] = with_security_headers(
+                    [
+                        *(h for h in message.get("headers", []) if h[0].lower() != _RAW_HEADER),
+                        (_RAW_HEADER, request_id.encode("latin-1")),
+                    ]
+                )
             await send(message)
 
         token = request_id_var.set(request_id)
@@ -112,12 +116,10 @@ class RequestContext:
 
 HEALTHZ = "/healthz"
 _HEALTHZ_BODY = b'{"status":"ok"}'
-_HEALTHZ_HEADERS = with_security_headers(
-    [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(_HEALTHZ_BODY)).encode()),
-    ]
-)
+_HEALTHZ_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_HEALTHZ_BODY)).encode()),
+]
 
 
 def _is_probe(scope: Scope) -> bool:

@@ -2,18 +2,15 @@
 
 Every answer gets `SECURITY_HEADERS` unless it brings its own value of one of them: only docs.py's
 do, a Content-Security-Policy each docs page works under and a Cache-Control for their assets.
-The API itself answers only JSON, so its policy allows nothing at all. Both middlewares are pure
+The API itself answers only JSON, so its policy allows nothing at all. CORS is Starlette's, pure
 ASGI (no `BaseHTTPMiddleware`): no extra task per request, and streamed bodies pass untouched.
 """
 
 from __future__ import annotations
 
-import inspect
-
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dockguard.errors import ErrorCode
 
@@ -45,25 +42,6 @@ def with_security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[byte
     return [*headers, *((name, value) for name, value in _RAW if name not in present)]
 
 
-class SecurityHeaders:
-    """Adds `SECURITY_HEADERS` to every HTTP answer that passes through it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = with_security_headers(list(message.get("headers", [])))
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 class ProblemCORS(CORSMiddleware):
     """Starlette's CORS, but a refused preflight is a problem document like every other error
     (Starlette answers it in plain text)."""
@@ -85,8 +63,9 @@ class ProblemCORS(CORSMiddleware):
 
 
 def install(app: FastAPI, cors_origins: list[str]) -> None:
-    """CORS (only for `cors_origins`; none: off), then the security headers outside it, so that
-    preflight answers carry them too."""
+    """CORS, only for `cors_origins` (none: off). The security headers are added by the outermost
+    layer (context.RequestContext), so that every answer carries them, a preflight's and the
+    catch-all 500's included."""
     if cors_origins:
         app.add_middleware(
             ProblemCORS,
@@ -95,22 +74,3 @@ def install(app: FastAPI, cors_origins: list[str]) -> None:
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=CORS_EXPOSED_HEADERS,
         )
-    app.add_middleware(SecurityHeaders)
-    _cover_server_errors(app)
-
-
-def _cover_server_errors(app: FastAPI) -> None:
-    """Starlette sends the catch-all handler's answer (a 500) from its outermost layer, outside
-    every middleware: give that answer the same headers there."""
-    handler = app.exception_handlers.get(Exception)
-    if handler is None:
-        return
-
-    async def with_headers(request: Request, exc: Exception) -> Response:
-        answer = handler(request, exc)
-        response: Response = await answer if inspect.isawaitable(answer) else answer
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response  # (its X-Request-ID: problems.py's handler sets it)
-
-    app.add_exception_handler(Exception, with_headers)

@@ -10,16 +10,18 @@ import re
 from dataclasses import dataclass
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
-from dockguard import callbacks
+from dockguard import callbacks, tracing
 from dockguard.errors import ErrorCode, LimitsExceedPolicy, QueueFull, SubmissionError
+from dockguard.jobs.pipeline import queued_deadline_s
+from dockguard.jobs.worker import TASK
 from dockguard.models import CallbackInfo, Job, RequestedLimits
 from dockguard.ports import JobStore
-from dockguard.services import Services
+from dockguard.services import Services, serialize
 from dockguard.settings import Settings
 from dockguard.store.idempotency import Claim, IdempotencyKeys
 from dockguard.store.keys import QUEUE_NAME
+from dockguard.store.queue import QueueEntry
 
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 RETRY_AFTER_S = 10  # what a refused client is told to wait; jobs take seconds to minutes
@@ -162,9 +164,49 @@ def idempotency(services: Services, key: str | None, job: Job) -> Idempotency | 
     return Idempotency(keys, services.store, key, claim)
 
 
-async def check_queue(redis: Redis, max_queued: int) -> None:
-    """429 `queue_full` while arq's queue (a sorted set: ZCARD is O(1)) holds `max_queued` jobs:
-    those waiting, and those a worker has taken but not finished. A check, not a reservation:
-    concurrent submissions can pass it together and exceed the bound by a few."""
-    if await redis.zcard(QUEUE_NAME) >= max_queued:
-        raise QueueFull(max_queued, RETRY_AFTER_S)
+async def store_and_queue(
+    services: Services, job: Job, dockerfile: str, once: Idempotency | None
+) -> Job | None:
+    """Store the new job and queue it. Returns, instead, the job of a concurrent submission with
+    the same Idempotency-Key that came first (ours is not kept). 429 `queue_full` while the queue
+    holds `max_queued` jobs (waiting, or taken and not finished), and nothing is kept.
+
+    Without a key: one script stores and queues the job (jobs.py, queue.py), the queue's bound a
+    reservation made in it, exact however many submissions race. With one: stored, the key
+    claimed, then queued, so that two submissions with one key never queue two jobs."""
+    settings = services.settings
+    full = QueueFull(settings.max_queued, RETRY_AFTER_S)
+    # A job no worker starts within the queue timeout is dropped by arq, and failed
+    # `worker_lost` by the sweeper when its deadline passes.
+    entry = QueueEntry.of(
+        TASK,
+        job.id,
+        {"trace_parent": tracing.traceparent()},  # the job's span is this request's child
+        expires_s=settings.queue_timeout_s,
+        max_queued=settings.max_queued,
+        serializer=serialize,
+    )
+    deadline_s = queued_deadline_s(settings)
+    if once is None:
+        if not await services.store.create(job, dockerfile, deadline_s=deadline_s, queue=entry):
+            raise full
+        return None
+    if await services.redis.zcard(QUEUE_NAME) >= settings.max_queued:
+        raise full  # (refused before anything is stored, as a keyless submission would be)
+    await services.store.create(job, dockerfile, deadline_s=deadline_s)
+    if (earlier := await once.claim_or_earlier()) is not None:
+        return earlier
+    try:
+        queued = await services.store.enqueue(entry)
+    except Exception:  # the store write is undone, so a job is either queued or not stored
+        await _forget(services, job, once)
+        raise
+    if not queued:
+        await _forget(services, job, once)
+        raise full
+    return None
+
+
+async def _forget(services: Services, job: Job, once: Idempotency) -> None:
+    await services.store.delete(job.id)
+    await once.release()

@@ -3,7 +3,11 @@
 Every status change of a job happens in this module, through `JobStore.update` (the reaper's
 `fail_lost` and the API's `cancel` included). The pipeline is
 safe to run twice for the same job (arq retries jobs whose worker stopped): it starts by removing
-whatever an earlier attempt left in the engine, and a job that already ended is left alone."""
+whatever an earlier attempt left in the engine, and a job that already ended is left alone. A
+delivery of a job whose attempt still runs elsewhere (that attempt renews its lease,
+`ATTEMPT_LEASE_S`) starts nothing: it waits until that attempt ends the job, or its lease lapses
+(its worker died). A step that fails because the engine's connection failed fails the job
+`engine_unavailable`."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
+import aiodocker
+import aiohttp
 from opentelemetry.trace import SpanKind
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -53,6 +59,13 @@ RUNNING_MARGIN_S = 120  # the reaper's, past the job timeout: arq's timeout and 
 _REDIS_TRIES = 12
 _REDIS_RETRY_FIRST_S = 0.5
 _REDIS_RETRY_MAX_S = 8.0
+# An attempt's lease on its job: as long as arq's lease on the delivery (jobs/worker.LEASE_S),
+# renewed as often. A delivery of a job whose attempt is alive (arq redelivered it: its lease
+# was lost, not its worker) waits for that attempt instead of starting the job over; once a
+# dead attempt's lease lapses, the job is taken over.
+ATTEMPT_LEASE_S = 20.0
+_LEASE_RENEW_S = 5.0
+_LEASE_POLL_S = 1.0
 
 
 def step_timeouts_s(limits: Limits) -> dict[str, float]:
@@ -91,6 +104,46 @@ def _internal() -> JobFailure:
     return JobFailure(ErrorCode.INTERNAL_ERROR, "an internal error stopped the job; see the logs")
 
 
+# aiodocker's status for a request that never reached the engine (its connection failed).
+_ENGINE_UNREACHABLE_STATUS = 900
+
+
+def engine_unreachable(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from or while handling, says the engine's
+    connection failed: it could not be opened (aiodocker's status 900), broke or timed out
+    under a request, or ended in the middle of a response body."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+            return True
+        if (
+            isinstance(current, aiodocker.DockerError)
+            and current.status == _ENGINE_UNREACHABLE_STATUS
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _engine_unavailable(exc: BaseException) -> JobFailure:
+    log.warning("the docker engine could not be reached", extra={"why": repr(exc)[:300]})
+    return JobFailure(
+        ErrorCode.ENGINE_UNAVAILABLE,
+        "the Docker Engine could not be reached or stopped answering during the job; "
+        "submit it again",
+    )
+
+
+def _failure_of(exc: JobFailure) -> JobFailure:
+    """A step's failure, unless the engine's connection caused it: then that is the failure
+    (a verdict, `rejected`, stands whatever happened after it)."""
+    if not exc.rejected and engine_unreachable(exc):
+        return _engine_unavailable(exc)
+    return exc
+
+
 async def run_job(services: Services, job_id: str, trace_parent: str | None = None) -> str:
     """Process one job; returns its final status. Never raises for a job's own failure.
     `trace_parent`: the submitting request's span (`traceparent` syntax), when traced."""
@@ -121,7 +174,65 @@ async def _run(services: Services, job_id: str) -> str:
     # In every log line and Docker label of the job from here on: arq runs each job in a task of
     # its own, so this context is the job's alone.
     request_id_var.set(job.request_id)
-    attempt = await services.store.claim(job_id)  # from here on, a later attempt fences this one
+    attempt = await _take(services, job_id)  # from here on, a later attempt fences this one
+    if attempt is None:
+        ended = await _status_now(services, job_id)
+        return "expired" if ended is None else ended.value
+    keeper = asyncio.create_task(_keep_lease(services, job_id, attempt))
+    try:
+        return await _attempt(services, job, attempt)
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        await services.shielded(_end_lease(services, job_id, attempt))
+
+
+async def _take(services: Services, job_id: str) -> str | None:
+    """Claim the job for this attempt; returns its token. While another attempt's lease runs
+    (a duplicate delivery of a job that is alive elsewhere), this delivery waits for it: None
+    when that attempt ended the job, the token once its lease lapsed (its worker died). The
+    wait is bounded by arq's timeout of this delivery."""
+    waiting = False
+    while True:
+        attempt = await services.store.claim(job_id, lease_s=ATTEMPT_LEASE_S)
+        job = await services.store.get(job_id)
+        if job is None or job.status.terminal:
+            if attempt is not None:
+                await _end_lease(services, job_id, attempt)
+            return None
+        if attempt is not None:
+            return attempt
+        if not waiting:
+            log.info("another attempt runs the job; this delivery waits for it to end or lapse")
+            waiting = True
+        await asyncio.sleep(_LEASE_POLL_S)
+
+
+async def _keep_lease(services: Services, job_id: str, attempt: str) -> None:
+    """Renew the attempt's lease until cancelled. A renewal that fails (Redis away) is tried
+    again at the next; one refused means a later attempt took the job: fencing stops this one."""
+    while True:
+        await asyncio.sleep(_LEASE_RENEW_S)
+        try:
+            if not await services.store.renew(job_id, attempt, ATTEMPT_LEASE_S):
+                return
+        except (RedisError, OSError) as exc:
+            log.warning("the job's lease could not be renewed", extra={"why": repr(exc)[:200]})
+
+
+async def _end_lease(services: Services, job_id: str, attempt: str) -> None:
+    """The attempt is over: a delivery of the job (arq's retry after a stop) may start at once.
+    Best effort: a lease left behind lapses by itself."""
+    try:
+        async with asyncio.timeout(_READ_BACK_TIMEOUT_S):
+            await services.store.renew(job_id, attempt, 0)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("the job's lease could not be ended", extra={"why": repr(exc)[:200]})
+
+
+async def _attempt(services: Services, job: Job, attempt: str) -> str:
+    """One attempt at the job, holding its lease: to its verdict, unless superseded."""
+    job_id = job.id
     await services.store.set_deadline(job_id, running_deadline_s(services.settings))
     pipeline = _Pipeline(services, job_id, job.requested_limits, attempt)
     result: JobResult | None = None
@@ -133,24 +244,29 @@ async def _run(services: Services, job_id: str) -> str:
             await services.sandbox.cleanup(job_id)  # leftovers of an interrupted attempt
             result = await pipeline.steps()
     except JobFailure as exc:
-        failure = exc
+        failure = _failure_of(exc)
     except Superseded:
         pipeline.superseded = True
     except StaleUpdate:
         log.info("job ended elsewhere; stopping")
         ended = await _status_now(services, job_id)
         return "expired" if ended is None else ended.value
-    except TimeoutError:
-        if not budget.expired():  # not the job's timeout: a call that had none of its own
-            log.exception("job failed on an internal error")
-            failure = _internal()
-        else:
+    except TimeoutError as exc:
+        if budget.expired():
             failure = JobFailure(
                 ErrorCode.JOB_TIMEOUT, f"the job did not finish within {timeout_s:g} s"
             )
-    except Exception:
-        log.exception("job failed on an internal error")
-        failure = _internal()
+        elif engine_unreachable(exc):  # an engine call's own timeout (aiohttp's)
+            failure = _engine_unavailable(exc)
+        else:  # not the job's timeout: a call that had none of its own
+            log.exception("job failed on an internal error")
+            failure = _internal()
+    except Exception as exc:
+        if engine_unreachable(exc):
+            failure = _engine_unavailable(exc)
+        else:
+            log.exception("job failed on an internal error")
+            failure = _internal()
     finally:
         # Shielded, and awaited by a stopping worker: it must not leave this job's objects
         # behind. Fenced: a later attempt's objects (same names) are not this one's to remove.

@@ -7,7 +7,10 @@ longest job timeout) and renewed by the heartbeat every `BEAT_S` while the job r
 that dies stops renewing, and within `LEASE_S` another worker takes the job again (its first
 step removes what the dead attempt left in the engine); the job store fences the two attempts
 (store/jobs.py). Every delivery ends in a terminal status: past `MAX_TRIES` the job is failed
-`worker_lost` by us, not dropped by arq. A Redis outage pauses the worker (`serve_jobs`)."""
+`worker_lost` by us, not dropped by arq. A Redis outage pauses the worker (`serve_jobs`).
+A job that no attempt will take again (cancelled, reaped or expired while its worker was dead)
+and a container past its deadline are left to no worker: every worker's heartbeat runs the
+watchdog (jobs/sweeper.py `watch`) over the whole engine."""
 
 from __future__ import annotations
 
@@ -29,11 +32,12 @@ from dockguard import metrics
 from dockguard.jobs.callbacks import CallbackSender
 from dockguard.jobs.dbrefresh import refresh_cron
 from dockguard.jobs.pipeline import ARQ_MARGIN_S, fail_lost, job_timeout_s, run_job
-from dockguard.jobs.sweeper import reap_cron, sweep_cron
+from dockguard.jobs.sweeper import reap_cron, sweep_cron, watch
+from dockguard.sandbox import names
 from dockguard.services import Services, deserialize, serialize
 from dockguard.store.callbacks import CallbackOutbox
 from dockguard.store.keys import QUEUE_NAME
-from dockguard.store.workers import BEAT_S, Heartbeats
+from dockguard.store.workers import BEAT_S, Heartbeats, deployment_id
 
 log = logging.getLogger(__name__)
 
@@ -75,30 +79,46 @@ def _arq_timeout_s(services: Services) -> float:
 async def _start_background(ctx: dict[str, Any]) -> None:
     """Beside the jobs: the webhook sender and the worker's heartbeat (once: arq calls this
     again when `serve_jobs` restarts its poll loop after a Redis outage)."""
+    services: Services = ctx["services"]
+    if "deployment" not in ctx:
+        ctx["deployment"] = await deployment_id(services.redis)
+    # Every Docker object of this worker's jobs names the deployment (names.py): arq calls this
+    # in its poll loop's task, whose job tasks inherit it; a restarted loop is a new task.
+    names.deployment_var.set(ctx["deployment"])
     if ctx.get("background"):
         return
-    services: Services = ctx["services"]
     sender = CallbackSender(services.settings, services.store, CallbackOutbox(services.redis))
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     ctx["worker_id"] = worker_id
+    heartbeat = _heartbeat(services, worker_id, ctx["arq_worker"], ctx["deployment"])
     ctx["background"] = [
         asyncio.create_task(sender.run(), name="callback-sender"),
-        asyncio.create_task(_heartbeat(services, worker_id, ctx["arq_worker"]), name="heartbeat"),
+        asyncio.create_task(heartbeat, name="heartbeat"),
     ]
 
 
-async def _heartbeat(services: Services, worker_id: str, worker: Worker) -> None:
-    """Every BEAT_S: this worker is alive (for /readyz), its deliveries' leases are renewed, and
-    the queue's gauges are fresh on its own metrics endpoint."""
+async def _heartbeat(services: Services, worker_id: str, worker: Worker, deployment: str) -> None:
+    """At once and every BEAT_S: this worker is alive (for /readyz), its deliveries' leases are
+    renewed, the queue's gauges are fresh on its own metrics endpoint, and a round of the
+    watchdog starts (jobs/sweeper.py `watch`), unless the last one is still going: in a task of
+    its own, so that removing a job's objects never delays a lease."""
     heartbeats = Heartbeats(services.redis)
-    while True:
-        try:
-            await heartbeats.beat(worker_id)
-            await renew_leases(services, worker)
-            await metrics.refresh_queue(services.redis)
-        except Exception:  # noqa: BLE001 -- Redis down: /readyz says so; beat again later
-            log.warning("heartbeat failed", extra={"worker_id": worker_id, "why": "redis"})
-        await asyncio.sleep(BEAT_S)
+    watching: asyncio.Task[int] | None = None
+    try:
+        while True:
+            try:
+                await heartbeats.beat(worker_id)
+                await renew_leases(services, worker)
+                await metrics.refresh_queue(services.redis)
+            except Exception:  # noqa: BLE001 -- Redis down: /readyz says so; beat again later
+                log.warning("heartbeat failed", extra={"worker_id": worker_id, "why": "redis"})
+            if watching is None or watching.done():
+                watching = asyncio.create_task(watch(services, deployment), name="watchdog")
+            await asyncio.sleep(BEAT_S)
+    finally:
+        if watching is not None:  # what it left is the next round's (any worker's)
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
 
 
 async def renew_leases(services: Services, worker: Worker) -> None:

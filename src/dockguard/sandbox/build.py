@@ -124,7 +124,7 @@ class Builder:
         started = time.monotonic()
         progress = _Progress(tail=deque(maxlen=max(self._log_tail_lines, 1)), sink=sink)
         params = build_params(job_id, tag, limits)
-        body = _context_tar(labelled(dockerfile, job_id), context)
+        body = _context_tar(labelled(dockerfile, job_id, limits.timeout_s), context)
         cgroup_name = f"{job_id}-{tag.rpartition(':')[2]}"
         try:
             # The cgroup outside the timeout: removing it after the build is not the build's time.
@@ -206,15 +206,18 @@ class Builder:
             progress.finish()
 
 
-def labelled(dockerfile: str, job_id: str) -> str:
+def labelled(dockerfile: str, job_id: str, timeout_s: float) -> str:
     """The Dockerfile with the job's labels set right after each `FROM`. Labels pass from an
     image to the images built on it, so every intermediate image of every stage carries them —
     images of earlier stages and of failed steps too, which the engine's `labels` build parameter
-    (final image only) would miss. The submission policy refuses labels in dockguard's namespace,
-    so a Dockerfile cannot override them; the parser refuses a Dockerfile that ends inside a
-    continued instruction, so the added line always stands alone."""
+    (final image only) would miss — and so does every step container the engine creates from
+    them, with the build's deadline (`timeout_s` from now, names.container_labels). The
+    submission policy refuses labels in dockguard's namespace, so a Dockerfile cannot override
+    them; the parser refuses a Dockerfile that ends inside a continued instruction, so the added
+    line always stands alone."""
     parsed = parse_dockerfile(dockerfile.encode("utf-8"), max_bytes=1 << 30)
-    label = "LABEL " + " ".join(f'{key}="{value}"' for key, value in names.labels(job_id).items())
+    found = names.container_labels(job_id, timeout_s)
+    label = "LABEL " + " ".join(f'{key}="{value}"' for key, value in found.items())
     lines = dockerfile.split("\n")
     for instruction in reversed(parsed.instructions):
         if instruction.keyword == "FROM":

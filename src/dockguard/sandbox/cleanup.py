@@ -1,5 +1,7 @@
 """The one routine that removes what dockguard created in the engine: a job's objects when it
-ends (by its job label), and anything managed that outlived every job (the sweeper, by age).
+ends (by its job label), a container the watchdog found alive past its deadline (by the id it
+has just listed, sandbox/watchdog.py), and anything managed that outlived every job (the
+sweeper, by age).
 Containers go first (with their anonymous volumes), then networks, volumes, and images newest
 first, so that no image is still the parent of another when its turn comes. What the engine
 refuses as still in use gets at most two more passes, a second apart; anything else it refuses is
@@ -118,6 +120,13 @@ def _timestamp(value: str | None) -> float:
         return datetime.fromisoformat(value or "").timestamp()
     except ValueError:
         return time.time()  # unknown age: treated as new
+
+
+async def remove_container(docker: aiodocker.Docker, container_id: str) -> bool:
+    """Kill and remove one container (with its anonymous volumes); False when it could not be
+    removed (gone already, or refused: logged, left to the next round)."""
+    container = docker.containers.container(container_id)
+    return await _remove(container.delete(force=True, v=True)) == _REMOVED
 
 
 async def ignore_missing(call: Awaitable[object]) -> None:

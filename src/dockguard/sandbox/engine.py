@@ -20,15 +20,22 @@ from dockguard.base_images import BaseImage
 from dockguard.errors import ErrorCode
 from dockguard.lines import LineSink
 from dockguard.models import BuildLimits, RunLimits
-from dockguard.sandbox import archive, cgroups, egress, names
+from dockguard.sandbox import archive, cgroups, egress, names, watchdog
 from dockguard.sandbox.bases import check_bases
 from dockguard.sandbox.build import Builder, BuildFailure, BuildOutcome
-from dockguard.sandbox.cleanup import ignore_missing, remove_objects, sweep, wait_for_build_end
+from dockguard.sandbox.cleanup import (
+    ignore_missing,
+    remove_container,
+    remove_objects,
+    sweep,
+    wait_for_build_end,
+)
 from dockguard.sandbox.egress import Egress, EgressUnavailable
 from dockguard.sandbox.hardening import image_volumes
 from dockguard.sandbox.result import fetch_result
 from dockguard.sandbox.run import Runner, RunOutcome, check_data_dir
 from dockguard.sandbox.users import resolve_run_user
+from dockguard.sandbox.watchdog import Watched
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +167,15 @@ class EngineSandbox:
             self._interrupted.discard(job_id)
         except (aiodocker.DockerError, TimeoutError, EgressUnavailable) as exc:
             log.warning("cleanup incomplete", extra={"why": str(exc)[:300]})
+
+    async def watched(self) -> list[Watched]:
+        """Every managed container, with its job, deadline and deployment (one listing)."""
+        return await watchdog.list_watched(self.docker)
+
+    async def kill_container(self, container_id: str) -> bool:
+        """Kill and remove a container `watched` listed; False when it was not removed (gone
+        already, or refused: logged)."""
+        return await remove_container(self.docker, container_id)
 
     async def sweep(self, older_than_s: float) -> int:
         """Remove every dockguard object created more than `older_than_s` ago, and the build

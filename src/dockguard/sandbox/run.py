@@ -100,9 +100,9 @@ def run_config(
         masked=image_volumes,
         runtime=limits.runtime,
     )
-    return hardening.container_config(
-        image_id, user=user, labels=names.labels(job_id), isolation=isolation
-    )
+    # Its worker kills it at `timeout_s`; past the label's grace, any worker's watchdog does.
+    labels = names.container_labels(job_id, limits.timeout_s)
+    return hardening.container_config(image_id, user=user, labels=labels, isolation=isolation)
 
 
 def holder_config(job_id: str, image: str, run_timeout_s: float) -> dict[str, Any]:
@@ -118,13 +118,14 @@ def holder_config(job_id: str, image: str, run_timeout_s: float) -> dict[str, An
         nofile=64,
         mounts=[_data_mount(names.volume_name(job_id), read_only=True)],
     )
+    sleep_s = int(run_timeout_s) + _HOLDER_EXTRA_S
     return hardening.container_config(
         image,
         user="65534:65534",
-        labels=names.labels(job_id),
+        labels=names.container_labels(job_id, sleep_s),  # by then it has ended by itself
         isolation=isolation,
         entrypoint=["sleep"],
-        cmd=[str(int(run_timeout_s) + _HOLDER_EXTRA_S)],
+        cmd=[str(sleep_s)],
     )
 
 

@@ -12,7 +12,10 @@ adds to it (and trims what is older than the TTL), `delete` and listing remove f
 Each attempt at a job (a worker taking it, again after a crash or a lost lease) `claim`s it with
 a fresh token; an `update` given its attempt's token fails with `Superseded` once a later attempt
 has claimed the job, so an attempt that lost its lease (a paused worker) cannot write over its
-successor, nor end the job twice.
+successor, nor end the job twice. A claim also takes the job's lease, which its attempt renews
+while it runs: while another attempt's lease runs, `claim` refuses (a duplicate delivery of a job
+that is alive elsewhere must not start it again); once it lapses (that attempt's worker died or
+stalled), the job can be claimed again.
 (Every Redis key is built in keys.py.)"""
 
 from __future__ import annotations
@@ -25,20 +28,67 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
+from redis.typing import EncodableT
 
 from dockguard.models import Job, JobStatus, StatusEvent, utcnow
 from dockguard.store import callbacks, listing, logs
+from dockguard.store import queue as queue_scripts
 from dockguard.store.keys import (
     DEADLINES,
     JOB_ENDED_CHANNEL,
     JOBS,
     attempt_key,
     job_key,
+    lease_key,
     logs_key,
 )
+from dockguard.store.queue import QueueEntry
 
 if TYPE_CHECKING:  # the store layer does not load the sandbox (and aiodocker) at run time
     from dockguard.ports import DockerfileStore
+
+
+# KEYS: the lease, the attempt; ARGV: the new token, the lease in ms, the job TTL in s.
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+    return 1
+end
+return 0
+"""
+# KEYS: the lease, the attempt; ARGV: the token, the lease in ms (0: let it go). A lease that
+# lapsed (Redis was away) is taken again while no other attempt has claimed the job.
+_RENEW = """
+local lease = redis.call('GET', KEYS[1])
+if ARGV[2] == '0' then
+    if lease == ARGV[1] then
+        return redis.call('DEL', KEYS[1])
+    end
+    return 0
+end
+if lease == ARGV[1] or (not lease and redis.call('GET', KEYS[2]) == ARGV[1]) then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+
+
+# A new job's record (with its TTL), its log stream's first entry (and the same TTL), its deadline
+# and its entry in the index. KEYS: the record, the stream, DEADLINES, JOBS; ARGV: the record's
+# JSON, the TTL in s, the stream's max length, the entry's data, the job id, the deadline, the
+# creation time in µs, the index's trimming bound. `{n}`: how many KEYS the queue's part of the
+# script (queue.py) takes before these (and 5 ARGV for each 2 KEYS), 0 when there is none.
+_CREATE = """
+local k, a = {n}, {n} / 2 * 5
+redis.call('SET', KEYS[k + 1], ARGV[a + 1], 'EX', ARGV[a + 2])
+redis.call('XADD', KEYS[k + 2], 'MAXLEN', '~', ARGV[a + 3], '*',
+           'kind', 'status', 'data', ARGV[a + 4])
+redis.call('EXPIRE', KEYS[k + 2], ARGV[a + 2])
+redis.call('ZADD', KEYS[k + 3], ARGV[a + 6], ARGV[a + 5])
+redis.call('ZADD', KEYS[k + 4], ARGV[a + 7], ARGV[a + 5])
+redis.call('ZREMRANGEBYSCORE', KEYS[k + 4], '-inf', ARGV[a + 8])
+"""
 
 
 class StaleUpdate(Exception):
@@ -67,35 +117,66 @@ class RedisJobStore:
         self._log_max_lines = log_max_lines
         self._ttl_s = ttl_s
         self._dockerfiles = dockerfiles
+        self._create = redis.register_script(_CREATE.replace("{n}", "0") + "return 1")
+        self._create_queued = redis.register_script(
+            queue_scripts.RESERVE + _CREATE.replace("{n}", "2") + queue_scripts.ENQUEUE
+        )
+        self._enqueue = redis.register_script(queue_scripts.RESERVE + queue_scripts.ENQUEUE)
+        self._claim = redis.register_script(_CLAIM)
+        self._renew = redis.register_script(_RENEW)
 
-    async def create(self, job: Job, dockerfile: str, *, deadline_s: float) -> None:
+    async def create(
+        self, job: Job, dockerfile: str, *, deadline_s: float, queue: QueueEntry | None = None
+    ) -> bool:
         """Store the Dockerfile, then the job, both expiring after the job TTL, and its deadline
-        (`deadline_s` from now).
+        (`deadline_s` from now); with `queue`, queue the job in the same script, unless the queue
+        is full: then nothing is kept and this returns False.
 
         They may live in two Redis servers, so there is no transaction: the Dockerfile is written
         first, so a stored job always has one, and removed again if the job cannot be written."""
         await self._dockerfiles.put(job.id, dockerfile)
+        created_us = listing.created_us(job.created_at)
+        keys = [job_key(job.id), logs_key(job.id), DEADLINES, JOBS]
+        args: list[EncodableT] = [
+            job.model_dump_json(),
+            self._ttl_s,
+            self._log_max_lines,
+            logs.entry_data({"status": job.status.value}),
+            job.id,
+            time.time() + deadline_s,
+            created_us,
+            # Entries older than the TTL (and a minute) point at expired records.
+            f"({created_us - (self._ttl_s + 60) * 10**6}",
+        ]
+        script = self._create if queue is None else self._create_queued
+        if queue is not None:
+            keys, args = queue.keys + keys, queue.args + args
+        stored = False
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(job_key(job.id), job.model_dump_json(), ex=self._ttl_s)
-                logs.start(pipe, job.id, job.status.value, self._ttl_s, self._log_max_lines)
-                pipe.zadd(DEADLINES, {job.id: time.time() + deadline_s})
-                created_us = listing.created_us(job.created_at)
-                pipe.zadd(JOBS, {job.id: created_us})
-                # Entries older than the TTL (and a minute) point at expired records.
-                pipe.zremrangebyscore(JOBS, "-inf", f"({created_us - (self._ttl_s + 60) * 10**6}")
-                await pipe.execute()
-        except BaseException:
-            with suppress(RedisError):  # it expires with the TTL anyway
-                await self._dockerfiles.delete(job.id)
-            raise
+            stored = bool(await script(keys=keys, args=args))
+        finally:
+            if not stored:
+                with suppress(RedisError):  # it expires with the TTL anyway
+                    await self._dockerfiles.delete(job.id)
+        return stored
+
+    async def enqueue(self, queue: QueueEntry) -> bool:
+        """Queue a stored job (`create` without `queue`), unless the queue is full: False."""
+        return bool(await self._enqueue(keys=queue.keys, args=queue.args))
+
+    async def get_json(self, job_id: str) -> bytes | None:
+        """The job as stored: the API's JSON for it (`Job.model_dump_json`), not read again."""
+        raw: bytes | None = await self._redis.get(job_key(job_id))
+        return raw
 
     async def get(self, job_id: str) -> Job | None:
         raw = await self._redis.get(job_key(job_id))
         return None if raw is None else Job.model_validate_json(raw)
 
     async def delete(self, job_id: str) -> None:
-        await self._redis.delete(job_key(job_id), logs_key(job_id), attempt_key(job_id))
+        await self._redis.delete(
+            job_key(job_id), logs_key(job_id), attempt_key(job_id), lease_key(job_id)
+        )
         await self._redis.zrem(DEADLINES, job_id)
         await self._redis.zrem(JOBS, job_id)
         await self._dockerfiles.delete(job_id)
@@ -118,11 +199,19 @@ class RedisJobStore:
     async def forget_deadline(self, job_id: str) -> None:
         await self._redis.zrem(DEADLINES, job_id)
 
-    async def claim(self, job_id: str) -> str:
-        """A new attempt at the job holds it from now on; returns its token (for `update`)."""
+    async def claim(self, job_id: str, *, lease_s: float) -> str | None:
+        """A new attempt at the job holds it from now on, and its lease for `lease_s` (see
+        `renew`); returns its token (for `update`), or None while another attempt's lease runs."""
         token = uuid.uuid4().hex
-        await self._redis.set(attempt_key(job_id), token, ex=self._ttl_s)
-        return token
+        keys = [lease_key(job_id), attempt_key(job_id)]
+        claimed = await self._claim(keys=keys, args=[token, _ms(lease_s), self._ttl_s])
+        return token if claimed else None
+
+    async def renew(self, job_id: str, attempt: str, lease_s: float) -> bool:
+        """Extend `attempt`'s lease to `lease_s` from now (0: end it, the attempt is over);
+        False when another attempt has claimed the job since."""
+        keys = [lease_key(job_id), attempt_key(job_id)]
+        return bool(await self._renew(keys=keys, args=[attempt, _ms(lease_s)]))
 
     async def holds(self, job_id: str, attempt: str) -> bool:
         """Whether `attempt` is still the job's latest attempt."""
@@ -177,6 +266,10 @@ class RedisJobStore:
                     return job
                 except WatchError:
                     continue
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 0)
 
 
 def changed(before: Job, change: Callable[[Job], None]) -> Job:

@@ -9,6 +9,7 @@ DB_REFRESH_LOCK = f"{PREFIX}:scanner:db-refresh-lock"
 DEADLINES = f"{PREFIX}:deadlines"  # sorted set: id of each unfinished job → its Unix deadline
 CALLBACKS = f"{PREFIX}:callbacks"  # sorted set: id of each job with a webhook to send → when
 WORKERS = f"{PREFIX}:workers"  # sorted set: id of each worker → when it was last seen
+DEPLOYMENT = f"{PREFIX}:deployment"  # string: this Redis's deployment id, in Docker labels
 JOBS = f"{PREFIX}:jobs"  # sorted set: id of every stored job → its creation time in µs
 JOB_ENDED_CHANNEL = f"{PREFIX}:job-ended"  # pub/sub: the id of each job that just ended
 LOG_ADDED_CHANNEL = f"{PREFIX}:log-added"  # pub/sub: the id of each job whose log just grew
@@ -21,6 +22,12 @@ def job_key(job_id: str) -> str:
 def attempt_key(job_id: str) -> str:
     """The token of the attempt that holds the job now (jobs.py: `claim`, fenced `update`)."""
     return f"{PREFIX}:attempt:{job_id}"
+
+
+def lease_key(job_id: str) -> str:
+    """The token of the attempt running the job, expiring unless that attempt renews it
+    (jobs.py: `claim`, `renew`)."""
+    return f"{PREFIX}:lease:{job_id}"
 
 
 def logs_key(job_id: str) -> str:

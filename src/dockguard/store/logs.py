@@ -54,14 +54,8 @@ class LogEvent:
 
 def add(pipe: Pipeline, job_id: str, kind: Kind, data: dict[str, Any], max_lines: int) -> None:
     """Queue one entry on a pipeline."""
-    fields: dict[Any, Any] = {"kind": kind, "data": _json(data)}
+    fields: dict[Any, Any] = {"kind": kind, "data": entry_data(data)}
     pipe.xadd(logs_key(job_id), fields, maxlen=max_lines, approximate=True)
-
-
-def start(pipe: Pipeline, job_id: str, status: str, ttl_s: int, max_lines: int) -> None:
-    """Queue the stream's creation with the job (its first status) and its expiry, the job's."""
-    add(pipe, job_id, "status", {"status": status}, max_lines)
-    pipe.expire(logs_key(job_id), ttl_s)
 
 
 def status_changed(
@@ -77,7 +71,8 @@ def status_changed(
     pipe.publish(LOG_ADDED_CHANNEL, job_id)
 
 
-def _json(data: dict[str, Any]) -> str:
+def entry_data(data: dict[str, Any]) -> str:
+    """An entry's `data` field, as every writer stores it."""
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -212,7 +207,7 @@ class LogWriter:
         dropped, self._dropped = self._dropped, 0
         if dropped:
             lines.insert(0, f"[dockguard: {dropped} earlier lines were dropped]")
-        entries = [_json({"stage": self._stage, "line": line}) for line in lines]
+        entries = [entry_data({"stage": self._stage, "line": line}) for line in lines]
         try:
             async with asyncio.timeout(_WRITE_TIMEOUT_S):
                 await self._append(

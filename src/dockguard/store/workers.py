@@ -6,10 +6,11 @@ that died leaves nothing behind for long."""
 from __future__ import annotations
 
 import time
+import uuid
 
 from redis.asyncio import Redis
 
-from dockguard.store.keys import WORKERS
+from dockguard.store.keys import DEPLOYMENT, WORKERS
 
 BEAT_S = 5.0
 ALIVE_S = 30.0
@@ -35,3 +36,17 @@ class Heartbeats:
     async def forget(self, worker_id: str) -> None:
         """A worker that stops cleanly is no longer counted at once."""
         await self._redis.zrem(WORKERS, worker_id)
+
+
+async def deployment_id(redis: Redis) -> str:
+    """The id of the deployment this Redis serves, made by the first worker to ask. Every Docker
+    object of its jobs carries it, so a worker's watchdog judges by this Redis only the objects
+    of jobs it holds (several deployments may share an engine). No TTL: a new id would make the
+    objects of every running job look like another deployment's (kept, never removed)."""
+    while True:
+        candidate = uuid.uuid4().hex
+        if await redis.set(DEPLOYMENT, candidate, nx=True):
+            return candidate
+        found = await redis.get(DEPLOYMENT)
+        if found is not None:  # (None: removed in between, by a flush: make one again)
+            return found.decode() if isinstance(found, bytes) else str(found)

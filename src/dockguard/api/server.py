@@ -1,0 +1,61 @@
+"""How uvicorn serves the API (`dockguard serve`, and the end-to-end tests' servers): uvloop and
+httptools (uvicorn's fastest loop and parser), and a parser that refuses malformed HTTP with a
+problem document like every other error, instead of uvicorn's plain text."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from dockguard.api.headers import with_security_headers
+from dockguard.api.problems import PROBLEM_JSON
+from dockguard.errors import ErrorCode
+from dockguard.models import Problem
+
+_DETAIL = "the request is not valid HTTP/1.1 (its request line or a header is malformed)"
+
+
+def malformed_request_answer(request_id: str) -> bytes:
+    """The whole HTTP answer to a request the parser refused (the connection is closed after it:
+    nothing more can be read from it safely)."""
+    body = Problem(
+        type=f"urn:dockguard:error:{ErrorCode.REQUEST_INVALID.value}",
+        title="Bad Request",
+        status=400,
+        detail=_DETAIL,
+        code=ErrorCode.REQUEST_INVALID.value,
+        request_id=request_id,
+    ).model_dump_json()
+    headers = with_security_headers(
+        [
+            (b"content-type", PROBLEM_JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode()),
+            (b"connection", b"close"),
+        ]
+    )
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    return b"HTTP/1.1 400 Bad Request\r\n" + head + b"\r\n" + body.encode()
+
+
+class ProblemHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol; a request its parser refuses (a control character in a
+    header, a broken request line, a bad chunk) gets `malformed_request_answer`."""
+
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(malformed_request_answer(uuid.uuid4().hex))
+        self.transport.close()
+
+
+# For `uvicorn.run` / `uvicorn.Config`, besides the app, host and port. The loop is uvicorn's
+# "auto": uvloop (a dependency). Logging is dockguard's own (logs.py); its access line is
+# context.py's, so uvicorn's is off.
+UVICORN_OPTIONS: dict[str, Any] = {
+    "http": ProblemHttpTools,
+    "log_config": None,
+    "access_log": False,
+    "proxy_headers": False,
+    "timeout_graceful_shutdown": 10,
+}
