@@ -91,6 +91,21 @@ for _target in ("dockerfile", "image"):
     SCAN_CACHE_HITS.labels(_target)
 for _kind in ORPHAN_KINDS:
     ORPHANS_REMOVED.labels(_kind)
+for _kind in ("objects", "lost_jobs"):
+    SWEEPER_REMOVED.labels(_kind)
+# The endings a dashboard plots (rate() needs a series before its first event to see that event);
+# the others appear when they first happen.
+for _status, _code in (
+    ("succeeded", "none"),
+    ("rejected", "dockerfile_rejected"),
+    ("rejected", "image_rejected"),
+    ("cancelled", "job_cancelled"),
+    ("failed", "job_timeout"),
+    ("failed", "worker_lost"),
+    ("failed", "engine_unavailable"),
+    ("failed", "internal_error"),
+):
+    JOBS.labels(_status, _code)
 
 
 def http_request(route: str, method: str, status: int, duration_s: float) -> None:

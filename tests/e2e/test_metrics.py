@@ -85,7 +85,9 @@ async def test_every_family_is_exposed_and_the_counters_move(dockguard: Dockguar
 
 
 async def test_an_unknown_method_is_one_bounded_label(dockguard: Dockguard) -> None:
-    await dockguard.client.request("BREW", "/v1/jobs")
+    refused = await dockguard.client.request("BREW", "/v1/jobs")
+    # An unknown method: the HTTP parser (httptools) refuses it, with a problem document.
+    assert refused.status_code == 400 and refused.json()["code"] == "request_invalid"
     found = samples(await scrape(dockguard))
     methods = {
         dict(pairs).get("method")

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.routing import BaseRoute, Route
 
+from dockguard import metrics
 from dockguard.api import create_app
 from dockguard.models import Job
 from tests.unit.fakes import fakes
@@ -115,3 +116,12 @@ def test_any_wait_text_gets_the_same_answer(wait: str) -> None:
             await _compare(both, f"/v1/jobs/{KNOWN}", {"wait": wait})
 
     asyncio.run(compare())
+
+
+async def test_the_fast_route_is_counted_under_its_template(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    counter = metrics.HTTP_REQUESTS.labels(JOB_PATH, "GET", "200")
+    before = counter._value.get()
+    assert (await clients[0].get(f"/v1/jobs/{KNOWN}")).status_code == 200
+    assert counter._value.get() == before + 1

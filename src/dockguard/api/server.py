@@ -4,16 +4,22 @@ problem document like every other error, instead of uvicorn's plain text."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from dockguard import metrics
 from dockguard.api.headers import with_security_headers
 from dockguard.api.problems import PROBLEM_JSON
 from dockguard.errors import ErrorCode
 from dockguard.models import Problem
 
+access_log = logging.getLogger("dockguard.access")
+
+UNPARSED_ROUTE = "unparsed"  # the route and method labels of a request the parser refused
+UNPARSED_METHOD = "OTHER"
 _DETAIL = "the request is not valid HTTP/1.1 (its request line or a header is malformed)"
 
 
@@ -41,12 +47,25 @@ def malformed_request_answer(request_id: str) -> bytes:
 
 
 class ProblemHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol; a request its parser refuses (a control character in a
-    header, a broken request line, a bad chunk) gets `malformed_request_answer`."""
+    """uvicorn's httptools protocol; a request its parser refuses (a method it does not know, a
+    control character in a header, a broken request line, a bad chunk) gets
+    `malformed_request_answer`."""
 
     def send_400_response(self, msg: str) -> None:
-        self.transport.write(malformed_request_answer(uuid.uuid4().hex))
+        request_id = uuid.uuid4().hex
+        self.transport.write(malformed_request_answer(request_id))
         self.transport.close()
+        # Seen like every answer: an access line and the request counters (no route, no method).
+        client = self.client
+        extra = {
+            "method": UNPARSED_METHOD,
+            "route": UNPARSED_ROUTE,
+            "status": 400,
+            "request_id": request_id,
+            "client": f"{client[0]}:{client[1]}" if client else None,
+        }
+        access_log.info("request", extra=extra)
+        metrics.http_request(UNPARSED_ROUTE, UNPARSED_METHOD, 400, 0.0)
 
 
 # For `uvicorn.run` / `uvicorn.Config`, besides the app, host and port. The loop is uvicorn's
