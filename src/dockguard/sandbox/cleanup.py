@@ -2,12 +2,12 @@
 ends (by its job label), a container the watchdog found alive past its deadline (by the id it
 has just listed, sandbox/watchdog.py), and anything managed that outlived every job (the
 sweeper, by age).
-Containers go first (with their anonymous volumes), then networks, volumes, and images newest
-first, so that no image is still the parent of another when its turn comes. What the engine
-refuses as still in use gets at most two more passes, a second apart; anything else it refuses is
-logged and left to the next cleanup or the sweeper. A job's cleanup first waits for the engine to
-end the job's build (`wait_for_build_end`): a build stopped mid-step may still commit an image.
-Only objects the engine lists are ever removed, never ids read elsewhere."""
+Containers go first (with their anonymous volumes), then networks, volumes, and images, each
+before its parent, so that no image is still the parent of another when its turn comes. What
+the engine refuses as still in use gets at most two more passes, a second apart; anything else
+it refuses is logged and left to the next cleanup or the sweeper. A job's cleanup first waits
+for the engine to end the job's build (`wait_for_build_end`): a build stopped mid-step may still
+commit an image. Only objects the engine lists are ever removed, never ids read elsewhere."""
 
 from __future__ import annotations
 
@@ -107,12 +107,28 @@ async def _remove_pass(
     for volume in (await docker.volumes.list(filters=filters)).get("Volumes") or []:
         if _timestamp(volume.get("CreatedAt")) < cutoff:
             outcomes.append(await _remove(DockerVolume(docker, volume["Name"]).delete()))
-    images = await docker.images.list(all=True, filters=filters)
-    for image in sorted(images, key=lambda image: int(image.get("Created", 0)), reverse=True):
+    for image in children_first(await docker.images.list(all=True, filters=filters)):
         if float(image.get("Created", cutoff)) < cutoff:
             # Not forced: an image is removed only once nothing (no child) depends on it.
             outcomes.append(await _remove(docker.images.delete(image["Id"], force=False)))
     return outcomes.count(_REMOVED), outcomes.count(_IN_USE)
+
+
+def children_first(images: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`images` (the engine's listing) ordered so that each comes before its parent (`ParentId`),
+    newest first otherwise: `Created` is in whole seconds, and a job's images are often made
+    within one, so it alone can put a parent first, which the engine refuses until its child is
+    gone (a second pass, a second later)."""
+    remaining = sorted(images, key=lambda image: int(image.get("Created", 0)), reverse=True)
+    ordered: list[dict[str, Any]] = []
+    while remaining:
+        parents = {image.get("ParentId") for image in remaining}
+        leaves = [image for image in remaining if image["Id"] not in parents]
+        if not leaves:  # (no image is its own ancestor; kept safe all the same)
+            return ordered + remaining
+        ordered += leaves
+        remaining = [image for image in remaining if image["Id"] in parents]
+    return ordered
 
 
 def _timestamp(value: str | None) -> float:
