@@ -52,6 +52,11 @@ STAGE_DURATION = Histogram(
     ["stage"],
     buckets=_STAGE_BUCKETS,
 )
+QUEUE_WAIT = Histogram(
+    "dockguard_queue_wait_seconds",
+    "Time from a job's submission to a worker taking it (first deliveries only).",
+    buckets=_LATENCY_BUCKETS,
+)
 JOBS_IN_PROGRESS = Gauge("dockguard_jobs_in_progress", "Jobs this process's worker is running.")
 QUEUE_DEPTH = Gauge(
     "dockguard_queue_depth", "Jobs in the queue: waiting, or taken and not finished (Redis)."

@@ -32,6 +32,8 @@ FAMILIES = {
     "dockguard_sweeper_removed": "counter",
     "dockguard_scanner_db_age_seconds": "gauge",
     "dockguard_workers_alive": "gauge",
+    "dockguard_queue_wait_seconds": "histogram",
+    "dockguard_orphans_removed": "counter",
 }
 SCRIPT = "echo '{\"perf\": 1}' > /data/perf.json"
 HAPPY = f"FROM busybox:latest\nUSER 1000\nCMD {json.dumps(['sh', '-c', SCRIPT])}\n"
@@ -72,6 +74,8 @@ async def test_every_family_is_exposed_and_the_counters_move(dockguard: Dockguar
     for stage in ("scan", "build", "image_scan", "prepare", "run", "collect", "cleanup"):
         count = "dockguard_stage_duration_seconds_count"
         assert value(after, count, stage=stage) >= value(before, count, stage=stage) + 1, stage
+    waited = "dockguard_queue_wait_seconds_count"
+    assert value(after, waited) >= value(before, waited) + 1
     posted = {"route": "/v1/jobs", "method": "POST", "status": "202"}
     assert value(after, "dockguard_http_requests_total", **posted) >= (
         value(before, "dockguard_http_requests_total", **posted) + 1

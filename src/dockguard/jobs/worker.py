@@ -21,6 +21,7 @@ import os
 import socket
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from arq import Worker, func
@@ -69,6 +70,8 @@ async def _task(ctx: dict[str, Any], job_id: str, trace_parent: str | None = Non
             await services.sandbox.cleanup(job_id)
             await services.dockerfiles.release(job_id)
         return "failed"
+    if tries == 1 and isinstance(enqueued := ctx.get("enqueue_time"), datetime):
+        metrics.QUEUE_WAIT.observe(max((datetime.now(UTC) - enqueued).total_seconds(), 0.0))
     return await run_job(services, job_id, trace_parent)
 
 
