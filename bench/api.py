@@ -4,6 +4,8 @@ Prints a table; asserts nothing.
     .venv/bin/python bench/api.py [--duration 5] [--rounds 3] [--connections 1,16,64]
                                   [--only get,post,healthz]
 
+(`bash bench/all.sh` runs it with every other benchmark.)
+
 Only the API is measured: `dockguard serve --no-worker` (so a submitted job stays queued) against
 a private redis-server on a free loopback port, with the production log settings (JSON lines at
 INFO, one access line per request) written to a file, as deployed. The baseline is a minimal
