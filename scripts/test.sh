@@ -32,5 +32,7 @@ if [ "$unit_only" != yes ]; then
   # prometheus), which checks deploy/monitoring's rules (tests/e2e/test_monitoring.py).
   command -v jq >/dev/null 2>&1 || apt_install jq
   command -v promtool >/dev/null 2>&1 || apt_install prometheus
+  # Redis Sentinel, for the forced-failover test (tests/e2e/test_sentinel.py).
+  command -v redis-sentinel >/dev/null 2>&1 || apt_install redis-sentinel
 fi
 exec .venv/bin/pytest "$@"

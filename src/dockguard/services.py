@@ -4,6 +4,7 @@ and shared by the API and the worker."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -14,10 +15,14 @@ import aiodocker
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 
 from dockguard import tracing
 from dockguard.models import ScannerLimits
 from dockguard.ports import DockerfileStore, JobLogs, JobStore, Sandbox, Scanner
+from dockguard.redis_url import SentinelUrl, ServerUrl, parse_redis_url
 from dockguard.sandbox import EngineSandbox, connect
 from dockguard.sandbox.egress import Egress, host_allowlist, parse_allowlist
 from dockguard.scanning import ContainerTrivy, LocalTrivy, TrivyBackend, TrivyScanner, find_trivy
@@ -32,6 +37,12 @@ from dockguard.store.scan_cache import ScanCache
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Redis)
+
+_REDIS_CONNECT_TIMEOUT_S = 5
+_REDIS_START_TRIES = 4  # at start, a second apart: as arq's own pool (`conn_retries`)
+_SENTINEL_TIMEOUT_S = 5  # each question to a Sentinel, connecting and reading
+_DOCKERFILE_REDIS_TIMEOUT_S = 10
 
 
 def serialize(payload: dict[str, Any]) -> bytes:
@@ -46,9 +57,97 @@ def deserialize(raw: bytes) -> dict[str, Any]:
 
 def redis_settings(url: str) -> RedisSettings:
     settings = RedisSettings.from_dsn(url)
-    settings.conn_timeout = 5
-    settings.conn_retries = 3
+    settings.conn_timeout = _REDIS_CONNECT_TIMEOUT_S
+    settings.conn_retries = _REDIS_START_TRIES - 1
     return settings
+
+
+class FailoverConnection(SentinelManagedConnection):
+    """A connection to the Sentinels' master that lets go of a master which can no longer take
+    writes: READONLY (it was demoted: redis-py's own handling) and NOREPLICAS (its replica left
+    it, under `min-replicas-to-write`: a failover is promoting that replica, and a write here
+    would be lost). Both come out as a ConnectionError, which every Redis retry path waits out
+    (or the API answers 503), and the next connection asks the Sentinels for the master again."""
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if not (str(exc).startswith("NOREPLICAS") and self.connection_pool.is_master):
+                raise
+            await self.disconnect()
+            raise RedisConnectionError("the master lost its replicas (a failover?)") from exc
+
+
+def sentinel_master(
+    target: SentinelUrl, redis_class: type[R], *, read_timeout_s: float | None = None
+) -> R:
+    """A client of the master the Sentinels name, asked again on each new connection;
+    `read_timeout_s` is the master's, every question to a Sentinel has its own."""
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        target.sentinels,
+        sentinel_kwargs={
+            "socket_connect_timeout": _SENTINEL_TIMEOUT_S,
+            "socket_timeout": _SENTINEL_TIMEOUT_S,
+        },
+    )
+    client: R = sentinels.master_for(
+        target.master,
+        redis_class=redis_class,
+        connection_class=FailoverConnection,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S,
+        socket_keepalive=True,
+        socket_timeout=read_timeout_s,
+    )
+    return client
+
+
+async def close_redis(client: Redis) -> None:
+    """Close `client` and, for a Sentinel master, its connections to the Sentinels."""
+    await client.aclose()
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
+async def _first_ping(client: Redis, tries: int) -> None:
+    """Up to `tries` PINGs a second apart; the client is closed if none is answered."""
+    for tried in range(1, tries + 1):
+        try:
+            await client.ping()
+            return
+        except (RedisError, OSError) as exc:
+            if tried == tries:
+                await close_redis(client)
+                raise
+            log.warning("redis not reachable yet", extra={"why": repr(exc)[:300], "retry_in_s": 1})
+        await asyncio.sleep(1)
+
+
+async def open_queue_redis(url: str) -> ArqRedis:
+    """The main Redis (arq's queue, the jobs, everything else), checked at once. Like arq's own
+    pool, it sets no read timeout: the API's job-end subscription (store/events.py) idles on
+    it, and each caller bounds its own waits."""
+    target = parse_redis_url(url)
+    if isinstance(target, ServerUrl):
+        return await create_pool(
+            redis_settings(target.url),
+            job_serializer=serialize,
+            job_deserializer=deserialize,
+            default_queue_name=QUEUE_NAME,
+        )
+    redis = sentinel_master(target, ArqRedis)
+    # What arq's `create_pool` sets on its own pool; it has no way to add timeouts to a
+    # Sentinel one.
+    redis.job_serializer = serialize
+    redis.job_deserializer = deserialize
+    redis.default_queue_name = QUEUE_NAME
+    await _first_ping(redis, _REDIS_START_TRIES)
+    return redis
 
 
 def trivy_backend(
@@ -91,12 +190,17 @@ async def build_egress(settings: Settings, docker: aiodocker.Docker) -> Egress |
 
 async def open_dockerfile_redis(url: str) -> Redis:
     """The Dockerfiles' own Redis, checked at once so a wrong URL stops the start, not a job."""
-    client: Redis = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
-    try:
-        await client.ping()
-    except Exception:
-        await client.aclose()
-        raise
+    target = parse_redis_url(url)
+    client: Redis
+    if isinstance(target, ServerUrl):
+        client = Redis.from_url(
+            target.url,
+            socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S,
+            socket_timeout=_DOCKERFILE_REDIS_TIMEOUT_S,
+        )
+    else:
+        client = sentinel_master(target, Redis, read_timeout_s=_DOCKERFILE_REDIS_TIMEOUT_S)
+    await _first_ping(client, tries=1)
     return client
 
 
@@ -137,17 +241,12 @@ class Services:
         if settings.redis_url is None:
             raise ValueError("DOCKGUARD_REDIS_URL must be set by the time services open")
         tracing.configure(settings.otel_endpoint)
-        redis = await create_pool(
-            redis_settings(settings.redis_url),
-            job_serializer=serialize,
-            job_deserializer=deserialize,
-            default_queue_name=QUEUE_NAME,
-        )
-        closers: list[Callable[[], Awaitable[object]]] = [redis.aclose]
+        redis = await open_queue_redis(settings.redis_url)
+        closers: list[Callable[[], Awaitable[object]]] = [functools.partial(close_redis, redis)]
         dockerfile_redis: Redis = redis
         if settings.dockerfile_redis_url is not None:
             dockerfile_redis = await open_dockerfile_redis(settings.dockerfile_redis_url)
-            closers.append(dockerfile_redis.aclose)
+            closers.append(functools.partial(close_redis, dockerfile_redis))
         dockerfiles = RedisDockerfileStore(
             dockerfile_redis,
             settings.job_ttl_s,

@@ -13,6 +13,8 @@ from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from dockguard.redis_url import parse_redis_url
+
 
 class Severity(StrEnum):
     CRITICAL = "CRITICAL"
@@ -36,6 +38,8 @@ class Settings(BaseSettings):
     # Service
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # redis://, rediss://, unix:// or redis+sentinel://sentinel:26379,…/master[/db]
+    # (redis_url.py); None: `serve` starts a private redis-server.
     redis_url: str | None = None
     docker_url: str | None = None
     docker_timeout_s: float = Field(30.0, gt=0)
@@ -165,6 +169,15 @@ class Settings(BaseSettings):
     encryption_key: SecretStr | None = None
     dockerfile_redis_url: str | None = None
     keep_dockerfile_s: int = Field(0, ge=0)
+
+    @field_validator("redis_url", "dockerfile_redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        """Read at start as services.py reads it when it connects: a wrong URL stops the start
+        with what is wrong (RedisUrlError, a ValueError that never repeats the URL)."""
+        if value is not None:
+            parse_redis_url(value)
+        return value
 
     @field_validator("encryption_key", mode="before")
     @classmethod
