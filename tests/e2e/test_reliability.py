@@ -28,12 +28,13 @@ from typing import Any
 import aiodocker
 import httpx
 import pytest_asyncio
+from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from dockguard.jobs.worker import LEASE_S, MAX_TRIES
+from dockguard.jobs.worker import LEASE_S, MAX_TRIES, create_worker, renew_leases
 from dockguard.sandbox import names
-from tests.e2e.conftest import TERMINAL, assert_no_leftovers
+from tests.e2e.conftest import TERMINAL, Dockguard, assert_no_leftovers
 
 
 def _free_port() -> int:
@@ -247,6 +248,26 @@ async def test_a_killed_workers_job_is_taken_again_within_its_lease(
     assert len(finished_lines(first, second, job_id=job_id)) == 1
 
 
+async def test_a_job_taken_again_after_the_queue_timeout_is_not_dropped(
+    stack: Stack, docker: aiodocker.Docker
+) -> None:
+    """arq's entry of a job outlives the queue timeout: a worker that dies on a job submitted
+    longer ago than that still has its job taken again (arq dropped it as expired before)."""
+    stack.env["DOCKGUARD_QUEUE_TIMEOUT_S"] = "2"
+    await stack.start_api()
+    first = await stack.start_worker("first")
+    submitted_at = time.monotonic()
+    job_id = await stack.submit(slow(6))
+    await run_container(docker, job_id)
+    await asyncio.sleep(max(0.0, submitted_at + 3 - time.monotonic()))  # past the queue timeout
+    second = await stack.start_worker("second")
+    first.proc.kill()
+    await first.proc.wait()
+    job = await stack.wait(job_id, timeout_s=90)
+    assert job["status"] == "succeeded", job["error"]
+    assert len(finished_lines(first, second, job_id=job_id)) == 1
+
+
 async def test_a_paused_worker_cannot_undo_the_attempt_that_replaced_it(
     stack: Stack, docker: aiodocker.Docker
 ) -> None:
@@ -314,3 +335,27 @@ async def test_a_worker_rides_out_a_redis_restart_and_loses_no_job(
     assert (first["status"], second["status"]) == ("succeeded", "succeeded"), (first, second)
     assert (first["result"]["perf"], second["result"]["perf"]) == (3, 4)
     assert any(line.get("msg", "").startswith("redis unavailable") for line in worker.lines())
+
+
+async def test_a_running_deliverys_lapsed_lease_is_set_again_and_an_ended_ones_is_not(
+    dockguard: Dockguard,
+) -> None:
+    """After a Redis outage longer than the lease, arq's in-progress key has lapsed: the
+    heartbeat sets it again for a delivery still running (else arq hands the job out again),
+    and not for one that has ended."""
+    services = dockguard.services
+    worker = create_worker(services, handle_signals=False)
+    running = asyncio.create_task(asyncio.sleep(30))
+    ended = asyncio.create_task(asyncio.sleep(0))
+    await asyncio.sleep(0.01)
+    worker.tasks.update({"lapsed-running": running, "lapsed-ended": ended})
+    redis = services.redis
+    try:
+        await redis.delete(*(in_progress_key_prefix + key for key in worker.tasks))
+        await renew_leases(services, worker)
+        ttl_ms = await redis.pttl(in_progress_key_prefix + "lapsed-running")
+        assert LEASE_S * 1000 - 2000 < ttl_ms <= LEASE_S * 1000
+        assert not await redis.exists(in_progress_key_prefix + "lapsed-ended")
+    finally:
+        running.cancel()
+        await redis.delete(in_progress_key_prefix + "lapsed-running")

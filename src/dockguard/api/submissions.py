@@ -4,6 +4,7 @@ retried submission gets its first job back) and backpressure (a full queue refus
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -13,8 +14,8 @@ from pydantic import ValidationError
 
 from dockguard import callbacks, tracing
 from dockguard.errors import ErrorCode, LimitsExceedPolicy, QueueFull, SubmissionError
-from dockguard.jobs.pipeline import queued_deadline_s
-from dockguard.jobs.worker import TASK
+from dockguard.jobs.pipeline import queued_deadline_s, running_deadline_s
+from dockguard.jobs.worker import MAX_TRIES, TASK
 from dockguard.models import CallbackInfo, Job, RequestedLimits
 from dockguard.ports import JobStore
 from dockguard.services import Services, serialize
@@ -176,13 +177,11 @@ async def store_and_queue(
     claimed, then queued, so that two submissions with one key never queue two jobs."""
     settings = services.settings
     full = QueueFull(settings.max_queued, RETRY_AFTER_S)
-    # A job no worker starts within the queue timeout is dropped by arq, and failed
-    # `worker_lost` by the sweeper when its deadline passes.
     entry = QueueEntry.of(
         TASK,
         job.id,
         {"trace_parent": tracing.traceparent()},  # the job's span is this request's child
-        expires_s=settings.queue_timeout_s,
+        expires_s=queue_entry_ttl_s(settings),
         max_queued=settings.max_queued,
         serializer=serialize,
     )
@@ -198,8 +197,8 @@ async def store_and_queue(
         return earlier
     try:
         queued = await services.store.enqueue(entry)
-    except Exception:  # the store write is undone, so a job is either queued or not stored
-        await _forget(services, job, once)
+    except BaseException:  # undone (a cancel too): a job is either queued or not stored
+        await asyncio.shield(_forget(services, job, once))
         raise
     if not queued:
         await _forget(services, job, once)
@@ -207,6 +206,15 @@ async def store_and_queue(
     return None
 
 
+def queue_entry_ttl_s(settings: Settings) -> float:
+    """How long arq keeps a job's entry: through the queue timeout and every delivery it may
+    get (`MAX_TRIES` attempts, each at most `running_deadline_s`), so that a job retried after
+    its worker died is still there to be taken. That no worker took a job within the queue
+    timeout is the pipeline's check (and the reaper's, at the job's deadline)."""
+    return settings.queue_timeout_s + MAX_TRIES * running_deadline_s(settings) + 60
+
+
 async def _forget(services: Services, job: Job, once: Idempotency) -> None:
+    """(If the entry was written after all, the worker finds no record and drops it.)"""
     await services.store.delete(job.id)
     await once.release()

@@ -40,6 +40,7 @@ from dockguard.models import (
     RequestedLimits,
     RunInfo,
     ScanReport,
+    utcnow,
 )
 from dockguard.sandbox import BuildFailure, Prepared, outcome_failure, parse_result
 from dockguard.services import Services
@@ -174,6 +175,10 @@ async def _run(services: Services, job_id: str) -> str:
     # In every log line and Docker label of the job from here on: arq runs each job in a task of
     # its own, so this context is the job's alone.
     request_id_var.set(job.request_id)
+    queue_timeout_s = services.settings.queue_timeout_s
+    if job.status is JobStatus.QUEUED and _age_s(job) > queue_timeout_s:
+        why = f"no worker took the job within DOCKGUARD_QUEUE_TIMEOUT_S ({queue_timeout_s} s)"
+        return await give_up(services, job_id, why)
     attempt = await _take(services, job_id)  # from here on, a later attempt fences this one
     if attempt is None:
         ended = await _status_now(services, job_id)
@@ -185,6 +190,10 @@ async def _run(services: Services, job_id: str) -> str:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
         await services.shielded(_end_lease(services, job_id, attempt))
+
+
+def _age_s(job: Job) -> float:
+    return (utcnow() - job.created_at).total_seconds()
 
 
 async def _take(services: Services, job_id: str) -> str | None:
@@ -311,6 +320,23 @@ async def fail_lost(services: Services, job_id: str, why: str = _LOST) -> bool:
     if ended:
         metrics.job_ended(JobStatus.FAILED.value, lost.code)
     return ended
+
+
+async def give_up(services: Services, job_id: str, why: str) -> str:
+    """A delivery past the tries: the job is failed `worker_lost`, once no other attempt runs
+    it (one whose lease is alive is waited for, as any delivery waits: it may still end the
+    job), its objects removed first and its Dockerfile released."""
+    attempt = await _take(services, job_id)
+    if attempt is None:  # the attempt that ran it ended it, or the record is gone
+        ended = await _status_now(services, job_id)
+        return "expired" if ended is None else ended.value
+    try:
+        await services.shielded(services.sandbox.cleanup(job_id))
+        if await fail_lost(services, job_id, why):
+            await services.dockerfiles.release(job_id)
+        return "failed"
+    finally:
+        await services.shielded(_end_lease(services, job_id, attempt))
 
 
 async def cancel(services: Services, job_id: str) -> Job:

@@ -24,7 +24,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from arq import Worker, func
+from arq import Retry, Worker, func
 from arq.constants import in_progress_key_prefix
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from dockguard import metrics
 from dockguard.jobs.callbacks import CallbackSender
 from dockguard.jobs.dbrefresh import refresh_cron
-from dockguard.jobs.pipeline import ARQ_MARGIN_S, fail_lost, job_timeout_s, run_job
+from dockguard.jobs.pipeline import ARQ_MARGIN_S, give_up, job_timeout_s, run_job
 from dockguard.jobs.sweeper import reap_cron, sweep_cron, watch
 from dockguard.sandbox import names
 from dockguard.services import Services, deserialize, serialize
@@ -52,7 +52,8 @@ _ARQ_MAX_TRIES = 1000
 LEASE_S = 20.0
 # A worker that lost Redis polls again after this, doubling up to the maximum.
 _REDIS_RETRY_FIRST_S = 1.0
-_REDIS_RETRY_MAX_S = 30.0
+_REDELIVER_S = 2.0  # a job whose start Redis failed is delivered again after this
+_REDIS_RETRY_MAX_S = 5.0  # an idle worker's try every 5 s costs nothing; a longer wait idles it
 _DRAIN_TIMEOUT_S = 120.0  # the longest a stopping worker waits for its jobs' cleanup
 # arq's own record of a finished task; dockguard's verdict lives in the job record, not here.
 KEEP_RESULT_S = 60
@@ -66,13 +67,19 @@ async def _task(ctx: dict[str, Any], job_id: str, trace_parent: str | None = Non
     if tries > MAX_TRIES:
         why = f"the job was interrupted {tries - 1} times (its worker stopped or was lost)"
         log.warning("job given up", extra={"job_id": job_id, "tries": tries - 1})
-        if await fail_lost(services, job_id, why):
-            await services.sandbox.cleanup(job_id)
-            await services.dockerfiles.release(job_id)
-        return "failed"
+        return await give_up(services, job_id, why)
     if tries == 1 and isinstance(enqueued := ctx.get("enqueue_time"), datetime):
         metrics.QUEUE_WAIT.observe(max((datetime.now(UTC) - enqueued).total_seconds(), 0.0))
-    return await run_job(services, job_id, trace_parent)
+    try:
+        return await run_job(services, job_id, trace_parent)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        # Before the job's own retried writes take over (reading it, claiming it): arq would
+        # count the task done and drop the job; it is delivered again instead (a try).
+        log.warning(
+            "redis failed as the job started; it is delivered again",
+            extra={"job_id": job_id, "why": type(exc).__name__, "retry_in_s": _REDELIVER_S},
+        )
+        raise Retry(defer=_REDELIVER_S) from exc
 
 
 def _arq_timeout_s(services: Services) -> float:
@@ -125,13 +132,17 @@ async def _heartbeat(services: Services, worker_id: str, worker: Worker, deploym
 
 
 async def renew_leases(services: Services, worker: Worker) -> None:
-    """Extend the in-progress key of every delivery this worker runs by `LEASE_S` (`pexpire`
-    touches only a key that exists: a delivery that just ended is not revived)."""
-    if not worker.tasks:
+    """Set the in-progress key of every delivery this worker is still running for `LEASE_S`
+    more. Set, not only extended: after a Redis outage longer than the lease the key has lapsed,
+    and a key left lapsed would let arq hand the running job out again (and count a try). (A
+    delivery that ended just now may get its key back for one lease: harmless, its job has left
+    the queue.)"""
+    running = [job_id for job_id, task in list(worker.tasks.items()) if not task.done()]
+    if not running:
         return
     async with services.redis.pipeline(transaction=False) as pipe:
-        for arq_job_id in list(worker.tasks):
-            pipe.pexpire(in_progress_key_prefix + arq_job_id, int(LEASE_S * 1000))
+        for arq_job_id in running:
+            pipe.set(in_progress_key_prefix + arq_job_id, b"1", px=int(LEASE_S * 1000))
         await pipe.execute()
 
 
@@ -182,9 +193,13 @@ async def serve_jobs(worker: Worker) -> None:
     stopped = asyncio.Event()
     worker.on_stop = lambda _signal: stopped.set()
     delay_s = _REDIS_RETRY_FIRST_S
+    restarted = False
     while not stopped.is_set():
         started = time.monotonic()
         try:
+            if restarted:
+                await _before_polling_again(worker)
+            restarted = True
             await worker.async_run()
             return
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -197,6 +212,19 @@ async def serve_jobs(worker: Worker) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopped.wait(), delay_s)
         delay_s = min(delay_s * 2, _REDIS_RETRY_MAX_S)
+
+
+async def _before_polling_again(worker: Worker) -> None:
+    """After a Redis outage: the running deliveries' leases first (they may have lapsed, and the
+    poll would take those jobs again), and the job slots recounted from the tasks still running
+    (arq takes a slot before its Redis calls and gives it back only when Redis refuses, not when
+    the connection breaks: each outage could leak one)."""
+    running = sum(not task.done() for task in worker.tasks.values())
+    worker.job_counter = running
+    worker.sem = asyncio.BoundedSemaphore(worker.max_jobs + 1)
+    for _ in range(running):  # (never waits: running <= max_jobs)
+        await worker.sem.acquire()
+    await renew_leases(worker.ctx["services"], worker)  # a Redis error: the next try's
 
 
 async def stop_worker(worker: Worker) -> None:

@@ -27,7 +27,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.typing import EncodableT
 
 from dockguard.models import Job, JobStatus, StatusEvent, utcnow
@@ -151,12 +151,18 @@ class RedisJobStore:
         script = self._create if queue is None else self._create_queued
         if queue is not None:
             keys, args = queue.keys + keys, queue.args + args
-        stored = False
+        stored: bool | None = None  # None: not known
         try:
             stored = bool(await script(keys=keys, args=args))
+        except ResponseError:  # refused by Redis: certainly not stored
+            stored = False
+            raise
         finally:
-            if not stored:
-                with suppress(RedisError):  # it expires with the TTL anyway
+            # Removed only when the job is certainly not stored. A broken connection or a cancel
+            # while the script is on its way leaves it unknown: the Dockerfile is kept (a job
+            # stored without it could only fail), and expires with the TTL if the job is not.
+            if stored is False:
+                with suppress(RedisError):
                     await self._dockerfiles.delete(job.id)
         return stored
 
