@@ -63,14 +63,14 @@ def test_labels_carry_the_request_id_with_nothing_that_could_break_a_label_instr
     assert label == "ok-1.2:3@x+y=z__quote___HOME____tick_"
 
 
-async def test_a_probe_is_answered_in_the_outermost_layer_with_its_id_and_line(
+async def test_a_probe_is_answered_in_the_outermost_layer_with_its_id_and_a_debug_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def inner(scope: Scope, receive: Receive, send: Send) -> None:
         raise AssertionError("a probe must not reach the app")
 
     app = RequestContext(inner)
-    caplog.set_level(logging.INFO, logger="dockguard.access")
+    caplog.set_level(logging.DEBUG, logger="dockguard.access")
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://test"
     ) as client:
@@ -82,3 +82,5 @@ async def test_a_probe_is_answered_in_the_outermost_layer_with_its_id_and_line(
     assert head.status_code == 200 and head.content == b""
     lines = [r for r in caplog.records if r.name == "dockguard.access"]
     assert [(r.route, r.status) for r in lines] == [("/healthz", 200), ("/healthz", 200)]  # type: ignore[attr-defined]
+    # Probes' lines are DEBUG: at the default INFO they are not written (the metrics count them).
+    assert {r.levelno for r in lines} == {logging.DEBUG}

@@ -162,5 +162,7 @@ def _log(scope: Scope, status: int, started: float, request_id: str) -> None:
         "client": f"{client[0]}:{client[1]}" if client else None,
         "job_id": _job_id(scope),
     }
-    log.info("request", extra=extra)
+    # A probe's `/healthz` (every few seconds, from every orchestrator replica) is counted in the
+    # metrics but logged only at DEBUG: its lines would be most of the log and tell nothing.
+    log.log(logging.DEBUG if scope.get("healthz") else logging.INFO, "request", extra=extra)
     metrics.http_request(template, scope["method"], status, time.perf_counter() - started)
