@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dockguard.models import Job
 from dockguard.store import RedisJobStore
@@ -47,9 +48,17 @@ async def test_a_full_queue_keeps_nothing() -> None:
     assert JOB.id not in dockerfiles.texts
 
 
-async def test_a_refused_script_keeps_nothing() -> None:
-    store, dockerfiles = _store(ResponseError("NOSCRIPT"))
-    with pytest.raises(ResponseError):
+@pytest.mark.parametrize(
+    "refused",
+    [
+        ResponseError("NOSCRIPT"),
+        RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused."),
+        RedisTimeoutError("Timeout connecting to server"),
+    ],
+)
+async def test_a_refused_or_unsent_script_keeps_nothing(refused: Exception) -> None:
+    store, dockerfiles = _store(refused)
+    with pytest.raises(type(refused)):
         await store.create(JOB, "FROM busybox\n", deadline_s=60, queue=_entry())
     assert JOB.id not in dockerfiles.texts
 

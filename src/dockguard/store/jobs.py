@@ -27,7 +27,10 @@ from contextlib import suppress
 from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import MasterNotFoundError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from dockguard.models import Job, JobStatus, StatusEvent, utcnow
@@ -154,8 +157,9 @@ class RedisJobStore:
         stored: bool | None = None  # None: not known
         try:
             stored = bool(await script(keys=keys, args=args))
-        except ResponseError:  # refused by Redis: certainly not stored
-            stored = False
+        except (ResponseError, RedisConnectionError, RedisTimeoutError) as exc:
+            if isinstance(exc, ResponseError) or _never_sent(exc):  # certainly not stored
+                stored = False
             raise
         finally:
             # Removed only when the job is certainly not stored. A broken connection or a cancel
@@ -272,6 +276,12 @@ class RedisJobStore:
                     return job
                 except WatchError:
                     continue
+
+
+def _never_sent(exc: RedisError) -> bool:
+    """Whether the connection failed before anything was sent: redis-py's errors of a connect
+    ("Error 111 connecting to …", "Timeout connecting to server"), or no master to send to."""
+    return isinstance(exc, MasterNotFoundError) or "connecting to" in str(exc)
 
 
 def _ms(seconds: float) -> int:
