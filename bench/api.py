@@ -40,13 +40,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from harness import free_ports, stop_processes, wait_until
 
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent
@@ -118,15 +118,6 @@ def uvicorn_implementation() -> tuple[str, str]:
 # --- processes -----------------------------------------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (all bound at once, so none is repeated)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind((HOST, 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-
-
 def redis_command(port: int, *args: str) -> bytes:
     """One RESP command to the private redis-server; its raw reply."""
     parts = [f"*{len(args)}\r\n".encode()]
@@ -136,32 +127,6 @@ def redis_command(port: int, *args: str) -> bytes:
     with socket.create_connection((HOST, port), timeout=10) as conn:
         conn.sendall(b"".join(parts))
         return conn.recv(65536)
-
-
-def wait_until(
-    check: Callable[[], bool],
-    what: str,
-    process: subprocess.Popen[bytes],
-    log: Path | None = None,
-    timeout_s: float = 60,
-) -> None:
-    """Until `check()` holds; raises (with the end of `log`) if `process` exits or time is up."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if check():
-                return
-        except (OSError, httpx.TransportError):
-            pass
-        failed = None
-        if process.poll() is not None:
-            failed = f"{what} exited with status {process.returncode}"
-        elif time.monotonic() > deadline:
-            failed = f"{what} did not start within {timeout_s:g} s"
-        if failed is not None:
-            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"{failed}\n{tail}")
-        time.sleep(0.1)
 
 
 def http_ok(url: str) -> bool:
@@ -180,14 +145,7 @@ class Processes:
         return process
 
     def stop(self) -> None:
-        for process in reversed(self.started):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
+        stop_processes(self.started, grace_s=20)
 
 
 # --- wrk -----------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def free_ports(count: int) -> list[int]:
 
 
 def wait_until(check: Callable[[], bool], what: str, process: subprocess.Popen[bytes],
-               log: Path, timeout_s: float = 60) -> None:  # fmt: skip
+               log: Path | None = None, timeout_s: float = 60) -> None:  # fmt: skip
     """Until `check()` holds; raises (with the end of `log`) if `process` exits or time is up."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -103,7 +103,7 @@ def wait_until(check: Callable[[], bool], what: str, process: subprocess.Popen[b
         elif time.monotonic() > deadline:
             failed = f"{what} did not start within {timeout_s:g} s"
         if failed is not None:
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
             raise RuntimeError(f"{failed}\n{tail}")
         time.sleep(0.1)
 
@@ -190,15 +190,20 @@ class Stack:
 
     def stop(self) -> None:
         """Every process, in reverse order (workers before the API, Redis last)."""
-        for process in reversed(self.started):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
+        stop_processes(self.started, grace_s=60)
         self.started.clear()
+
+
+def stop_processes(started: list[subprocess.Popen[bytes]], *, grace_s: float) -> None:
+    """SIGTERM each process still running, the last started first; SIGKILL past `grace_s`."""
+    for process in reversed(started):
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
 
 
 @contextlib.contextmanager

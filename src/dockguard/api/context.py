@@ -151,18 +151,41 @@ def _job_id(scope: Scope) -> str | None:
 
 
 def _log(scope: Scope, status: int, started: float, request_id: str) -> None:
-    template = _template(scope)
-    client = scope.get("client")
-    extra = {
-        "method": scope["method"],
-        "route": template,
-        "status": status,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-        "request_id": request_id,
-        "client": f"{client[0]}:{client[1]}" if client else None,
-        "job_id": _job_id(scope),
-    }
     # A probe's `/healthz` (every few seconds, from every orchestrator replica) is counted in the
     # metrics but logged only at DEBUG: its lines would be most of the log and tell nothing.
-    log.log(logging.DEBUG if scope.get("healthz") else logging.INFO, "request", extra=extra)
-    metrics.http_request(template, scope["method"], status, time.perf_counter() - started)
+    access_line(
+        method=scope["method"],
+        route=_template(scope),
+        status=status,
+        duration_s=time.perf_counter() - started,
+        request_id=request_id,
+        client=scope.get("client"),
+        job_id=_job_id(scope),
+        level=logging.DEBUG if scope.get("healthz") else logging.INFO,
+    )
+
+
+def access_line(
+    *,
+    method: str,
+    route: str,
+    status: int,
+    duration_s: float | None,
+    request_id: str,
+    client: tuple[str, int] | None,
+    job_id: str | None = None,
+    level: int = logging.INFO,
+) -> None:
+    """The request's one access line, and its count in the metrics (here and for the requests
+    the HTTP parser refuses, api/server.py)."""
+    extra = {
+        "method": method,
+        "route": route,
+        "status": status,
+        "duration_ms": None if duration_s is None else round(duration_s * 1000, 2),
+        "request_id": request_id,
+        "client": f"{client[0]}:{client[1]}" if client else None,
+        "job_id": job_id,
+    }
+    log.log(level, "request", extra=extra)
+    metrics.http_request(route, method, status, duration_s or 0.0)

@@ -4,19 +4,16 @@ problem document like every other error, instead of uvicorn's plain text."""
 
 from __future__ import annotations
 
-import logging
 import uuid
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from dockguard import metrics
+from dockguard.api.context import access_line
 from dockguard.api.headers import with_security_headers
 from dockguard.api.problems import PROBLEM_JSON
 from dockguard.errors import ErrorCode
 from dockguard.models import Problem
-
-access_log = logging.getLogger("dockguard.access")
 
 UNPARSED_ROUTE = "unparsed"  # the route and method labels of a request the parser refused
 UNPARSED_METHOD = "OTHER"
@@ -56,16 +53,14 @@ class ProblemHttpTools(HttpToolsProtocol):
         self.transport.write(malformed_request_answer(request_id))
         self.transport.close()
         # Seen like every answer: an access line and the request counters (no route, no method).
-        client = self.client
-        extra = {
-            "method": UNPARSED_METHOD,
-            "route": UNPARSED_ROUTE,
-            "status": 400,
-            "request_id": request_id,
-            "client": f"{client[0]}:{client[1]}" if client else None,
-        }
-        access_log.info("request", extra=extra)
-        metrics.http_request(UNPARSED_ROUTE, UNPARSED_METHOD, 400, 0.0)
+        access_line(
+            method=UNPARSED_METHOD,
+            route=UNPARSED_ROUTE,
+            status=400,
+            duration_s=None,
+            request_id=request_id,
+            client=self.client,
+        )
 
 
 # For `uvicorn.run` / `uvicorn.Config`, besides the app, host and port. The loop is uvicorn's
