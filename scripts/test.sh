@@ -34,5 +34,9 @@ if [ "$unit_only" != yes ]; then
   command -v promtool >/dev/null 2>&1 || apt_install prometheus
   # Redis Sentinel, for the forced-failover test (tests/e2e/test_sentinel.py).
   command -v redis-sentinel >/dev/null 2>&1 || apt_install redis-sentinel
+  # Compose, for the compose stack test (tests/e2e/test_compose.py): v2 if the docker client has
+  # it, else Debian's docker-compose 1.29.
+  docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 \
+    || apt_install docker-compose
 fi
 exec .venv/bin/pytest "$@"
