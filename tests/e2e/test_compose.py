@@ -5,8 +5,8 @@ and started with `up --build`, a Dockerfile submitted through the compose API su
 network or volume of the project, and nothing labelled with a job's id.
 
 Runs with Compose v2 (`docker compose`) when the machine has it, else Debian's docker-compose
-1.29. The stack gets a project name and an API port of its own, and its own image tag, which is
-removed at the end."""
+1.29; the file is checked against the Compose Specification's schema too. The stack gets a
+project name and an API port of its own, and its own image tag, which is removed at the end."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ from typing import Any
 
 import aiodocker
 import httpx
+import jsonschema
 import pytest
 import pytest_asyncio
+import yaml
 
 from tests.e2e.conftest import UNFIXED, VULNERABLE, _free_socket, leftovers
 from tests.trivydb import write_db
@@ -168,6 +170,36 @@ async def submit_and_wait(client: httpx.AsyncClient) -> dict[str, Any]:
         if job["status"] in {"succeeded", "failed", "rejected", "cancelled"}:
             return job
     pytest.fail(f"job {job_id} did not end within 120 s")
+
+
+def compose_schema() -> dict[str, Any]:
+    """The Compose Specification's JSON schema, as Debian's docker-compose ships it (a copy of the
+    specification's own file; Compose v2 validates against the same specification), read with
+    the interpreter docker-compose runs on."""
+    v1 = shutil.which("docker-compose")
+    if v1 is None:
+        pytest.fail("docker-compose is not installed (scripts/test.sh installs it)")
+    python = Path(v1).read_text().splitlines()[0].removeprefix("#!").split()
+    where = "import os, compose.config; print(os.path.dirname(compose.config.__file__))"
+    probe = subprocess.run(
+        [*python, "-c", where], capture_output=True, text=True, timeout=30, check=False
+    )
+    path = Path(probe.stdout.strip()) / "compose_spec.json"
+    if probe.returncode != 0 or not path.is_file():
+        pytest.fail(f"no compose_spec.json from docker-compose: {probe.stderr[-500:]}")
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
+def test_compose_file_follows_the_specification() -> None:
+    schema = compose_schema()
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert errors == []
+    # and the schema does check services: a misspelt key is refused
+    compose["services"]["api"]["helthcheck"] = {}
+    assert list(validator.iter_errors(compose)) != []
 
 
 async def test_compose_stack_offline(stack: Stack, docker: aiodocker.Docker) -> None:

@@ -9,7 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Dockguard
