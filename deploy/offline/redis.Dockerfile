@@ -4,7 +4,11 @@
 # there; a new volume takes this directory's owner).
 ARG DEBIAN_IMAGE=debian:bookworm-slim
 FROM ${DEBIAN_IMAGE}
-RUN apt-get update \
+# The `redis` user first, with the official image's ids (999:999), so manifests written for that
+# image (runAsUser, fsGroup) fit this one; the package keeps an existing user.
+RUN groupadd --system --gid 999 redis \
+ && useradd --system --uid 999 --gid redis --home-dir /var/lib/redis --shell /usr/sbin/nologin redis \
+ && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && install -d -o redis -g redis -m 0750 /data
