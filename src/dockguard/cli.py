@@ -66,39 +66,95 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     worker: Annotated[bool, typer.Option(help="Run a worker in the same process.")] = True,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="API processes (default DOCKGUARD_API_WORKERS, 1). More than 1: uvicorn's "
+            "supervisor runs them on one port; needs --no-worker and DOCKGUARD_REDIS_URL.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API (and, unless --no-worker, a worker). Without DOCKGUARD_REDIS_URL, a private
-    redis-server is started and stopped with it."""
-    from dockguard.api import create_app
-    from dockguard.api.server import UVICORN_OPTIONS
+    redis-server is started and stopped with it.
 
+    On SIGTERM it stops accepting connections, lets open requests finish for
+    DOCKGUARD_API_SHUTDOWN_GRACE_S, and exits 0; its worker (if any) takes no new job from the
+    signal on and stops as `dockguard worker` does."""
     settings = _settings()
-    if settings.redis_url is None and not worker:
-        raise typer.BadParameter("--no-worker needs a shared Redis: set DOCKGUARD_REDIS_URL")
-
-    def run(settings: Settings) -> None:
-        api = create_app(settings, run_worker=worker)
-        port_ = settings.port if port is None else port
-        uvicorn.run(api, host=host or settings.host, port=port_, **UVICORN_OPTIONS)
-
+    processes = settings.api_workers if workers is None else workers
+    if problem := serve_problem(settings, processes=processes, run_worker=worker):
+        raise typer.BadParameter(problem)
+    host_ = host or settings.host
+    port_ = settings.port if port is None else port
+    if processes > 1:
+        _serve_processes(settings, host_, port_, processes)
+        return
     # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit(0) it unwinds through
     # the `with` below (so the private redis-server is stopped too), and a clean stop exits 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if settings.redis_url is not None:
-        run(settings)
+        _serve_one(settings, host_, port_, run_worker=worker)
         return
     try:
         with embedded_redis() as url:
-            run(settings.model_copy(update={"redis_url": url}))
+            _serve_one(settings.model_copy(update={"redis_url": url}), host_, port_, worker)
     except EmbeddedRedisError as exc:
         typer.echo(f"dockguard: {exc}", err=True)
         raise typer.Exit(1) from exc
 
 
+def serve_problem(settings: Settings, *, processes: int, run_worker: bool) -> str | None:
+    """Why `serve` cannot start with these options, or None."""
+    if processes > 1 and run_worker:
+        # One worker per API process would tie job capacity (and each host's sandboxes) to the
+        # HTTP processes, and make every API stop wait for jobs: workers scale on their own.
+        return (
+            f"--workers {processes} runs the API only: add --no-worker, and run `dockguard "
+            "worker` beside it"
+        )
+    if settings.redis_url is None and (processes > 1 or not run_worker):
+        what = "--no-worker" if processes == 1 else f"--workers {processes}"
+        return f"{what} needs a shared Redis: set DOCKGUARD_REDIS_URL"
+    return None
+
+
+_STARTUP_FAILURE = 3  # uvicorn.run's exit status when the app did not start
+
+
+def _serve_one(settings: Settings, host: str, port: int, run_worker: bool) -> None:
+    from dockguard.api import create_app
+    from dockguard.api.server import Server, uvicorn_options
+
+    api = create_app(settings, run_worker=run_worker)
+    server = Server(uvicorn.Config(api, host=host, port=port, **uvicorn_options(settings)))
+    server.run()
+    if not server.started:
+        sys.exit(_STARTUP_FAILURE)
+
+
+def _serve_processes(settings: Settings, host: str, port: int, processes: int) -> None:
+    """uvicorn's supervisor: `processes` API processes on one socket, each built by
+    `app_from_env`, restarted when one dies; SIGTERM stops them all (each within the grace), then
+    the supervisor exits (0). Their metrics are shared through a private directory."""
+    from dockguard import metrics
+    from dockguard.api.server import APP_FACTORY, uvicorn_options
+
+    options = uvicorn_options(settings)
+    with metrics.shared_between_processes():
+        uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=processes, **options)
+
+
 @app.command("worker")
 def worker_command() -> None:
-    """Run a standalone worker against DOCKGUARD_REDIS_URL (scale by starting more)."""
-    from dockguard.jobs.worker import create_worker, serve_jobs, stop_worker
+    """Run a standalone worker against DOCKGUARD_REDIS_URL (scale by starting more).
+
+    On SIGTERM or SIGINT it takes no new job and lets its running jobs finish for
+    DOCKGUARD_WORKER_SHUTDOWN_GRACE_S; a second signal, or the grace's end, hands the rest back
+    to the queue. Their cleanup takes up to 120 s more: give the process that grace + 130 s."""
+    from dockguard.jobs.worker import create_worker, request_stop, serve_jobs, stop_worker
     from dockguard.services import Services
 
     settings = _settings()
@@ -120,14 +176,30 @@ def worker_command() -> None:
 
     async def main() -> None:
         services = await Services.open(settings)
-        worker = create_worker(services, handle_signals=True)
+        # Our handlers, not arq's: arq's cancels the running jobs at the first signal.
+        worker = create_worker(services, handle_signals=False)
+        signalled = asyncio.Event()
+
+        def on_signal(signum: signal.Signals) -> None:
+            log.info("worker stop signal", extra={"signal": signum.name})
+            request_stop(worker)
+            signalled.set()
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        serving = asyncio.create_task(serve_jobs(worker))
+        waiting = asyncio.create_task(signalled.wait())
         try:
-            await serve_jobs(worker)
-        except asyncio.CancelledError:  # SIGTERM or SIGINT: arq cancelled its own main task
-            log.info("worker stopped by a signal")
+            await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            waiting.cancel()
             await stop_worker(worker)
+            serving.cancel()
+            (ended,) = await asyncio.gather(serving, return_exceptions=True)
             await services.close()
+        if isinstance(ended, Exception):  # the poll loop failed (not a stop): say so, exit 1
+            raise ended
 
     asyncio.run(main())
 

@@ -8,18 +8,35 @@ counts the jobs it ends, its stages, the sandbox's kills, scan cache hits, and w
 and the watchdog removed. `dockguard serve` runs both in one process and serves them all on
 `/metrics`; a standalone `dockguard worker` serves its own on `DOCKGUARD_WORKER_METRICS_PORT`.
 The queue's depth and oldest age, and the workers alive, are read from Redis, so any replica
-reports them."""
+reports them.
+
+`serve --workers N` (N > 1) runs N API processes behind one port: each counts in files of its
+own in a private directory (prometheus-client's multiprocess mode, `shared_between_processes`),
+and `/metrics`, whichever process answers, adds them all up (`exposition`). Gauges say how: the
+ones read from Redis at a scrape take the most recent value, the in-progress one sums the live
+processes. (That mode has no process or Python collectors.) With one process none of it runs:
+the metrics are the plain in-memory ones."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from redis.asyncio import Redis
 
 from dockguard import tracing
@@ -33,6 +50,10 @@ STAGES: tuple[Stage, ...] = ("scan", "build", "image_scan", "prepare", "run", "c
 _METHODS = frozenset({"GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT", "PATCH"})
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+# prometheus-client reads it when it is first imported: a process started with it set keeps its
+# metrics in files there (set by `shared_between_processes` in the parent of the API processes).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_MULTIPROC_DIR = os.environ.get(MULTIPROC_ENV) or None
 
 HTTP_REQUESTS = Counter(
     "dockguard_http_requests_total", "HTTP requests answered.", ["route", "method", "status"]
@@ -57,12 +78,20 @@ QUEUE_WAIT = Histogram(
     "Time from a job's submission to a worker taking it (first deliveries only).",
     buckets=_LATENCY_BUCKETS,
 )
-JOBS_IN_PROGRESS = Gauge("dockguard_jobs_in_progress", "Jobs this process's worker is running.")
+JOBS_IN_PROGRESS = Gauge(
+    "dockguard_jobs_in_progress",
+    "Jobs this process's worker is running.",
+    multiprocess_mode="livesum",
+)
 QUEUE_DEPTH = Gauge(
-    "dockguard_queue_depth", "Jobs in the queue: waiting, or taken and not finished (Redis)."
+    "dockguard_queue_depth",
+    "Jobs in the queue: waiting, or taken and not finished (Redis).",
+    multiprocess_mode="mostrecent",
 )
 QUEUE_OLDEST_AGE = Gauge(
-    "dockguard_queue_oldest_age_seconds", "How long the oldest job in the queue has been there."
+    "dockguard_queue_oldest_age_seconds",
+    "How long the oldest job in the queue has been there.",
+    multiprocess_mode="mostrecent",
 )
 SANDBOX_KILLS = Counter(
     "dockguard_sandbox_kills_total", "Run containers the sandbox ended, by why.", ["reason"]
@@ -82,10 +111,14 @@ ORPHANS_REMOVED = Counter(
     ["kind"],
 )
 WORKERS_ALIVE = Gauge(
-    "dockguard_workers_alive", "Workers whose heartbeat was seen in the last 30 s (Redis)."
+    "dockguard_workers_alive",
+    "Workers whose heartbeat was seen in the last 30 s (Redis).",
+    multiprocess_mode="mostrecent",
 )
 SCANNER_DB_AGE = Gauge(
-    "dockguard_scanner_db_age_seconds", "Age of the vulnerability DB (-1: there is none)."
+    "dockguard_scanner_db_age_seconds",
+    "Age of the vulnerability DB (-1: there is none).",
+    multiprocess_mode="mostrecent",
 )
 
 for _stage in STAGES:  # every series exists from the start, at zero
@@ -111,6 +144,41 @@ for _status, _code in (
     ("failed", "internal_error"),
 ):
     JOBS.labels(_status, _code)
+
+
+def exposition() -> bytes:
+    """The text of `GET /metrics`: this process's metrics, or with several API processes all of
+    theirs (every process's files, counters and histograms summed)."""
+    if _MULTIPROC_DIR is None:
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=_MULTIPROC_DIR)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+@contextmanager
+def shared_between_processes() -> Iterator[str]:
+    """For the parent of several API processes: a private directory for their metric files,
+    named in the environment they inherit (set before they start, so before they import
+    prometheus-client), removed with everything in it at the end."""
+    path = tempfile.mkdtemp(prefix="dockguard-metrics-")  # mode 0700: this user's only
+    previous = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = path
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def process_exiting() -> None:
+    """An API process sharing its metrics ends: its live gauges stop counting (its counters
+    stay in the sums, as a counter must)."""
+    if _MULTIPROC_DIR is not None:
+        multiprocess.mark_process_dead(os.getpid(), _MULTIPROC_DIR)  # type: ignore[no-untyped-call]
 
 
 def http_request(route: str, method: str, status: int, duration_s: float) -> None:

@@ -43,7 +43,16 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     docker_url: str | None = None
     docker_timeout_s: float = Field(30.0, gt=0)
+    # `serve`'s API processes: more than 1 runs uvicorn's supervisor (API only: needs --no-worker
+    # and DOCKGUARD_REDIS_URL).
+    api_workers: int = Field(1, ge=1)
+    # How long `serve`, on SIGTERM, lets open requests finish before it cancels them (uvicorn's
+    # timeout_graceful_shutdown). Under Kubernetes' default 30 s grace, with a margin.
+    api_shutdown_grace_s: int = Field(25, ge=0)
     worker_concurrency: int = Field(4, ge=1)
+    # How long a worker, on SIGTERM, lets its running jobs finish (taking no new one) before it
+    # hands them back to the queue; their cleanup then takes up to 120 s more (jobs/worker.py).
+    worker_shutdown_grace_s: float = Field(60.0, ge=0)
     worker_metrics_port: int = Field(9101, ge=0, le=65535)  # `dockguard worker`'s /metrics; 0: off
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "text"] = "json"

@@ -15,7 +15,6 @@ from arq.jobs import Job as ArqJob
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from pydantic import AfterValidator, TypeAdapter, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -459,7 +458,7 @@ async def scanner_status(services: ServicesDep) -> ScannerStatus:
 async def metrics_endpoint(services: ServicesDep) -> Response:
     await _refresh_gauges(services)
     # The 0.0.4 text format: what every Prometheus 2 (Debian's included) reads.
-    return Response(generate_latest(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 async def _refresh_gauges(services: Services) -> None:

@@ -1,19 +1,33 @@
 """How uvicorn serves the API (`dockguard serve`, and the end-to-end tests' servers): uvloop and
 httptools (uvicorn's fastest loop and parser), and a parser that refuses malformed HTTP with a
-problem document like every other error, instead of uvicorn's plain text."""
+problem document like every other error, instead of uvicorn's plain text.
+
+One process (`serve`): `Server`, uvicorn's own, which also tells the in-process worker about a
+stop signal. Several (`serve --workers N`): uvicorn's supervisor, which starts N processes on one
+socket, starts a new one when one dies, and on SIGTERM stops them all (each finishing its open
+requests within DOCKGUARD_API_SHUTDOWN_GRACE_S); each builds its app with `app_from_env`."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
+import uvicorn
+from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from dockguard import logs, metrics
+from dockguard.api.app import create_app
 from dockguard.api.context import access_line
 from dockguard.api.headers import with_security_headers
 from dockguard.api.problems import PROBLEM_JSON
 from dockguard.errors import ErrorCode
+from dockguard.jobs.worker import request_stop_all
 from dockguard.models import Problem
+from dockguard.settings import Settings
 
 UNPARSED_ROUTE = "unparsed"  # the route and method labels of a request the parser refused
 UNPARSED_METHOD = "OTHER"
@@ -73,3 +87,43 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "proxy_headers": False,
     "timeout_graceful_shutdown": 10,
 }
+# The import string of `app_from_env`, for uvicorn's worker processes (they import it).
+APP_FACTORY = "dockguard.api.server:app_from_env"
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """`UVICORN_OPTIONS` with the settings' grace: on SIGTERM uvicorn stops accepting, lets the
+    open requests (a long-poll, a log stream) finish for that long, cancels the rest, then runs
+    the app's shutdown."""
+    return {**UVICORN_OPTIONS, "timeout_graceful_shutdown": settings.api_shutdown_grace_s}
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server (one process). A stop signal also reaches this process's worker at once
+    (`request_stop_all`): it takes no new job while the open requests finish, its jobs' grace
+    runs from the signal, and a second signal hands them back."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        request_stop_all()
+        super().handle_exit(sig, frame)
+
+
+def app_from_env() -> FastAPI:
+    """The API of one of `serve --workers N`'s processes, from the settings of the environment
+    (the parent checked them): API only, its jobs are `dockguard worker`'s. uvicorn calls it once
+    in each process it starts."""
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    app = create_app(settings, run_worker=False)
+    lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def with_metrics_released(app: FastAPI) -> AsyncIterator[Any]:
+        try:
+            async with lifespan(app) as state:
+                yield state
+        finally:
+            metrics.process_exiting()
+
+    app.router.lifespan_context = with_metrics_released
+    return app

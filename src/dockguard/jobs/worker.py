@@ -10,7 +10,16 @@ step removes what the dead attempt left in the engine); the job store fences the
 `worker_lost` by us, not dropped by arq. A Redis outage pauses the worker (`serve_jobs`).
 A job that no attempt will take again (cancelled, reaped or expired while its worker was dead)
 and a container past its deadline are left to no worker: every worker's heartbeat runs the
-watchdog (jobs/sweeper.py `watch`) over the whole engine."""
+watchdog (jobs/sweeper.py `watch`) over the whole engine.
+
+Stopping (`request_stop`, then `stop_worker`): at the first SIGTERM or SIGINT a worker takes no
+new job; its running jobs get `DOCKGUARD_WORKER_SHUTDOWN_GRACE_S` to finish; those still running
+then (or at once, on a second signal) are cancelled, which hands them back to the queue for
+another worker, and their cleanup is awaited for up to `_DRAIN_TIMEOUT_S`. The grace a
+deployment must give a worker (Kubernetes' terminationGracePeriodSeconds, compose's
+stop_grace_period) is therefore `DOCKGUARD_WORKER_SHUTDOWN_GRACE_S + 120 s + a margin` (10 s):
+190 s with the defaults. A worker killed before that loses its jobs' cleanup to the watchdog and
+their redelivery to the lease (`LEASE_S`)."""
 
 from __future__ import annotations
 
@@ -21,6 +30,8 @@ import os
 import socket
 import time
 import uuid
+import weakref
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,6 +70,8 @@ _DRAIN_TIMEOUT_S = 120.0  # the longest a stopping worker waits for its jobs' cl
 KEEP_RESULT_S = 60
 # How often an idle worker looks at the queue: the delay before a new job is picked up.
 POLL_DELAY_S = 0.1
+# How often a stopping worker looks for a second signal while its jobs finish.
+_STOP_CHECK_S = 0.2
 
 
 async def _task(ctx: dict[str, Any], job_id: str, trace_parent: str | None = None) -> str:
@@ -184,7 +197,40 @@ def create_worker(services: Services, *, handle_signals: bool) -> Worker:
     # lease a dead worker's job waited out. The heartbeat renews this short one instead.
     worker.in_progress_timeout_s = LEASE_S
     ctx["arq_worker"] = worker
+    ctx["stop"] = _Stop()
+    _WORKERS.add(worker)
     return worker
+
+
+@dataclass
+class _Stop:
+    """A worker's stop signals: plain attributes, so that a signal handler may set them."""
+
+    requested_at: float | None = None  # time.monotonic() of the first
+    now: bool = False  # a second came: hand the running jobs back without waiting
+
+
+_WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()  # this process's, for `request_stop_all`
+
+
+def request_stop(worker: Worker) -> None:
+    """A stop signal for `worker`. The first: it takes no new job from now on, and the jobs it
+    is running get `DOCKGUARD_WORKER_SHUTDOWN_GRACE_S` from now to finish (`stop_worker` waits
+    for them). A second: `stop_worker` hands them back at once. Only sets attributes (no
+    logging, no event loop call): safe in a signal handler installed with `signal.signal`, as
+    uvicorn's are."""
+    stop: _Stop = worker.ctx["stop"]
+    if stop.requested_at is None:
+        stop.requested_at = time.monotonic()
+        worker.allow_pick_jobs = False  # arq's poll loop reads it before each queue read
+    else:
+        stop.now = True
+
+
+def request_stop_all() -> None:
+    """`request_stop` for every worker of this process (`serve`'s own, at uvicorn's signal)."""
+    for worker in list(_WORKERS):
+        request_stop(worker)
 
 
 async def serve_jobs(worker: Worker) -> None:
@@ -228,12 +274,51 @@ async def _before_polling_again(worker: Worker) -> None:
 
 
 async def stop_worker(worker: Worker) -> None:
-    """Stop `worker`: its running jobs are cancelled (arq puts them back on the queue), their
-    shielded cleanup is awaited, even when Redis is gone."""
+    """Stop `worker`: it takes no new job; if a stop signal came (`request_stop`), its running
+    jobs get until `DOCKGUARD_WORKER_SHUTDOWN_GRACE_S` after it to finish, or until a second
+    signal; without one (a program stopping its worker), no time. The jobs still running then
+    are cancelled (arq puts them back on the queue, for another worker) and their shielded
+    cleanup is awaited (at most `_DRAIN_TIMEOUT_S`), even when Redis is gone."""
+    services: Services = worker.ctx["services"]
+    stop: _Stop = worker.ctx["stop"]
+    worker.allow_pick_jobs = False
+    if stop.requested_at is not None:
+        await _let_jobs_finish(worker, stop, services.settings.worker_shutdown_grace_s)
+    if running := _running(worker):
+        log.info("worker stopping: jobs handed back to the queue", extra={"jobs": running})
     # arq's `close` awaits the tasks it cancelled (a job, a cron job such as the sweep at
     # start): their CancelledError is that stop, not a failure; a Redis error there must not
     # skip the cleanup either.
     with contextlib.suppress(asyncio.CancelledError, RedisConnectionError, RedisTimeoutError):
         await worker.close()
-    services: Services = worker.ctx["services"]
     await services.drain(_DRAIN_TIMEOUT_S)
+
+
+def _running(worker: Worker) -> list[str]:
+    """The arq job ids of the deliveries (jobs and cron jobs) `worker` is running."""
+    return [job_id for job_id, task in list(worker.tasks.items()) if not task.done()]
+
+
+async def _let_jobs_finish(worker: Worker, stop: _Stop, grace_s: float) -> None:
+    """Wait until `worker` runs nothing, `grace_s` after the first stop signal at most, or a
+    second signal. The poll loop goes on meanwhile (taking nothing): the jobs' leases are
+    renewed, and a cancel through the API still stops one."""
+    assert stop.requested_at is not None
+    deadline = stop.requested_at + grace_s
+    if running := _running(worker):
+        log.info(
+            "worker stopping: takes no new job, lets its running jobs finish",
+            extra={"jobs": running, "grace_s": round(max(deadline - time.monotonic(), 0.0), 1)},
+        )
+    while not stop.now and (tasks := [t for t in list(worker.tasks.values()) if not t.done()]):
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            log.warning("worker stopping: the grace is over", extra={"grace_s": grace_s})
+            return
+        # Woken by a task's end, and every _STOP_CHECK_S for a second signal (a flag: it may
+        # have been set by a plain signal handler, which cannot wake the loop).
+        await asyncio.wait(
+            tasks, timeout=min(left_s, _STOP_CHECK_S), return_when=asyncio.FIRST_COMPLETED
+        )
+    if stop.now and _running(worker):
+        log.info("worker stopping: a second signal, the running jobs are handed back now")

@@ -1,0 +1,220 @@
+"""Stopping, black-box: real processes (test_reliability.py's `Stack`: a redis-server, `dockguard
+serve`, `dockguard worker`), the real engine, signals.
+
+- a worker's SIGTERM with a grace long enough: the job it runs finishes `succeeded` on it, it
+  takes no new job meanwhile (one submitted after the signal waits for the next worker), and it
+  exits 0;
+- with a short grace: the running job is handed back and finishes on another worker; the first
+  attempt's containers are gone when the stopped worker exits;
+- `serve --workers 2 --no-worker`: /metrics counts every request whichever process answered,
+  and SIGTERM to the parent stops every process within the grace (an open long-poll waited for
+  until then), exit status 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiodocker
+import httpx
+import pytest_asyncio
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import assert_no_leftovers, leftovers
+from tests.e2e.test_reliability import Process, Stack, finished_lines, run_container, slow
+
+GRACE_LONG_S = 60
+GRACE_SHORT_S = 1
+
+
+class Stop(Stack):
+    async def start_api_processes(self, processes: int) -> Process:
+        api = await self._spawn(
+            "api", "serve", "--no-worker", "--workers", str(processes), "--port", str(self.api_port)
+        )
+        deadline = time.monotonic() + 60
+        while len(children(api.proc.pid)) < processes or not await self._healthy():
+            assert api.proc.returncode is None, api.log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the API processes did not start"
+            await asyncio.sleep(0.1)
+        return api
+
+    async def _healthy(self) -> bool:
+        try:
+            return (await self.client.get("/healthz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+
+@pytest_asyncio.fixture
+async def stack(trivy_db: Path, docker: aiodocker.Docker) -> AsyncIterator[Stop]:
+    workdir = Path(tempfile.mkdtemp(prefix="dockguard-shutdown-"))
+    running = Stop(workdir, trivy_db)
+    running.env["DOCKGUARD_LOG_LEVEL"] = "INFO"
+    await running.start_redis()
+    try:
+        yield running
+    finally:
+        codes = await running.close()
+        await assert_no_leftovers(docker, running.jobs)
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert all(code == 0 for code in codes.values()), codes
+
+
+def children(pid: int) -> list[int]:
+    """The API processes uvicorn's supervisor `pid` started (not multiprocessing's resource
+    tracker, its other child)."""
+    try:
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    started = []
+    for child in found:
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                started.append(int(child))
+        except OSError:
+            pass  # it has just ended
+    return started
+
+
+def messages(process: Process) -> list[str]:
+    return [str(line.get("msg", "")) for line in process.lines()]
+
+
+async def logged(process: Process, message: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not any(message in line for line in messages(process)):
+        assert process.proc.returncode is None, process.log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"never logged {message!r}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_stopping_worker_finishes_its_job_and_takes_no_new_one(
+    stack: Stop, docker: aiodocker.Docker
+) -> None:
+    stack.env["DOCKGUARD_WORKER_CONCURRENCY"] = "2"  # a free slot: only the stop keeps a job out
+    stack.env["DOCKGUARD_WORKER_SHUTDOWN_GRACE_S"] = str(GRACE_LONG_S)
+    await stack.start_api()
+    first = await stack.start_worker("first")
+    running = await stack.submit(slow(5, perf=5))
+    await run_container(docker, running)
+    first.proc.send_signal(signal.SIGTERM)
+    await logged(first, "worker stopping: takes no new job")
+    queued = await stack.submit(slow(0, perf=6))
+    async with asyncio.timeout(GRACE_LONG_S + 30):
+        code = await first.proc.wait()
+    assert code == 0, first.log.read_text()[-3000:]
+    job = await stack.job(running)
+    assert (job["status"], job["result"]["perf"]) == ("succeeded", 5), job["error"]
+    assert [line["status"] for line in finished_lines(first, job_id=running)] == ["succeeded"]
+    assert (await stack.job(queued))["status"] == "queued"  # not taken by the stopping worker
+    assert not any(c for c in messages(first) if "handed back" in c)
+    second = await stack.start_worker("second")
+    later = await stack.wait(queued, timeout_s=90)
+    assert (later["status"], later["result"]["perf"]) == ("succeeded", 6), later["error"]
+    assert finished_lines(first, job_id=queued) == []
+    assert len(finished_lines(second, job_id=queued)) == 1
+
+
+async def test_past_a_short_grace_the_job_is_handed_back_and_ends_on_another_worker(
+    stack: Stop, docker: aiodocker.Docker
+) -> None:
+    stack.env["DOCKGUARD_WORKER_SHUTDOWN_GRACE_S"] = str(GRACE_SHORT_S)
+    await stack.start_api()
+    first = await stack.start_worker("first")
+    job_id = await stack.submit(slow(10, perf=7))
+    before = await run_container(docker, job_id)
+    second = await stack.start_worker("second")  # only now: the first one has the job
+    signalled_at = time.monotonic()
+    first.proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(GRACE_SHORT_S + 130):  # the grace, then the cleanup's at most
+        code = await first.proc.wait()
+    assert code == 0, first.log.read_text()[-3000:]
+    assert time.monotonic() - signalled_at < 10 - 1  # it did not wait for the run to end
+    assert any("handed back" in message for message in messages(first))
+    # The first attempt's run container is gone by the time its worker has exited.
+    assert not [c for c in await docker.containers.list(all=True) if c.id == before]
+    job = await stack.wait(job_id, timeout_s=120)
+    assert (job["status"], job["result"]["perf"]) == ("succeeded", 7), job["error"]
+    assert finished_lines(first, job_id=job_id) == []
+    assert len(finished_lines(second, job_id=job_id)) == 1
+    assert await leftovers(docker, job_id) == []
+
+
+def _requests_counted(text: str, route: str) -> float:
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "dockguard_http_requests"
+        for sample in family.samples
+        if sample.name == "dockguard_http_requests_total" and sample.labels["route"] == route
+    )
+
+
+def _counted_by(pid: int, route: str) -> float:
+    """What one API process alone has counted: its own counter file, read as /metrics reads all
+    of them (the directory is in the environment the parent gave it)."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (directory,) = [v.split(b"=", 1)[1] for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC")]
+    with tempfile.TemporaryDirectory() as alone:
+        shutil.copy(Path(os.fsdecode(directory)) / f"counter_{pid}.db", alone)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=alone)
+        return sum(
+            sample.value
+            for metric in registry.collect()
+            for sample in metric.samples
+            if sample.name == "dockguard_http_requests_total" and sample.labels["route"] == route
+        )
+
+
+async def test_several_api_processes_count_every_request_and_stop_together(stack: Stop) -> None:
+    grace_s = 3
+    stack.env["DOCKGUARD_API_SHUTDOWN_GRACE_S"] = str(grace_s)
+    api = await stack.start_api_processes(2)
+    pids = children(api.proc.pid)
+    assert len(pids) == 2
+    job_id = await stack.submit(slow(0))  # no worker: it stays queued
+    before = (await stack.client.get("/metrics")).text
+    sent = {"/healthz": 300, "/v1/jobs/{job_id}": 100}
+    # A connection per request, many at once: both processes accept some.
+    async with httpx.AsyncClient(
+        base_url=str(stack.client.base_url), limits=httpx.Limits(max_keepalive_connections=0)
+    ) as fresh:
+        gate = asyncio.Semaphore(20)
+
+        async def get(path: str) -> None:
+            async with gate:
+                assert (await fresh.get(path)).status_code == 200
+
+        paths = ["/healthz"] * sent["/healthz"] + [f"/v1/jobs/{job_id}"] * sent["/v1/jobs/{job_id}"]
+        await asyncio.gather(*(get(path) for path in paths))
+    after = (await stack.client.get("/metrics")).text
+    for route, count in sent.items():
+        assert _requests_counted(after, route) - _requests_counted(before, route) == count
+    by_process = {pid: _counted_by(pid, "/healthz") for pid in pids}
+    assert all(by_process.values()), by_process  # each answered some, and /metrics saw both
+    assert sum(by_process.values()) == _requests_counted(after, "/healthz")
+
+    # A long-poll open across the stop: each process waits for its open requests, up to the grace.
+    polling = asyncio.create_task(stack.client.get(f"/v1/jobs/{job_id}", params={"wait": 60}))
+    await asyncio.sleep(0.5)
+    signalled_at = time.monotonic()
+    api.proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(grace_s + 20):
+        code = await api.proc.wait()
+    took_s = time.monotonic() - signalled_at
+    assert code == 0, api.log.read_text()[-3000:]
+    assert grace_s - 0.5 < took_s < grace_s + 15, took_s
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    await asyncio.gather(polling, return_exceptions=True)  # cut at the grace's end
+    assert not any(Path(tempfile.gettempdir()).glob(f"dockguard-metrics-*/counter_{pids[0]}.db"))

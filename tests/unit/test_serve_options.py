@@ -1,0 +1,134 @@
+"""`serve`'s options (--workers and what it needs), uvicorn's grace, and a worker's stop: the
+first signal stops it taking jobs and gives the running ones the grace, a second hands them back
+at once, no signal gives them no time (against tests/unit/fakes.py's services; the real thing,
+processes and signals: tests/e2e/test_shutdown.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+import uvicorn
+from arq import Worker
+from pydantic import ValidationError
+
+from dockguard.api.server import UVICORN_OPTIONS, Server, uvicorn_options
+from dockguard.cli import serve_problem
+from dockguard.jobs.worker import create_worker, request_stop, request_stop_all, stop_worker
+from dockguard.settings import Settings
+from tests.unit.fakes import fakes
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("redis_url", "processes", "run_worker", "problem"),
+    [
+        (None, 1, True, None),  # a private redis-server, API and worker in one process
+        (REDIS, 1, True, None),
+        (REDIS, 1, False, None),
+        (REDIS, 4, False, None),
+        (None, 1, False, "--no-worker needs a shared Redis: set DOCKGUARD_REDIS_URL"),
+        (None, 2, False, "--workers 2 needs a shared Redis: set DOCKGUARD_REDIS_URL"),
+        (REDIS, 2, True, "--workers 2 runs the API only: add --no-worker"),
+        (None, 3, True, "--workers 3 runs the API only: add --no-worker"),
+    ],
+)
+def test_serve_refuses_what_cannot_work(
+    redis_url: str | None, processes: int, run_worker: bool, problem: str | None
+) -> None:
+    found = serve_problem(settings(redis_url=redis_url), processes=processes, run_worker=run_worker)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(problem), found
+
+
+def test_api_workers_is_at_least_one() -> None:
+    assert settings().api_workers == 1
+    with pytest.raises(ValidationError):
+        settings(api_workers=0)
+
+
+def test_uvicorn_gets_the_settings_grace_and_the_same_options_otherwise() -> None:
+    options = uvicorn_options(settings(api_shutdown_grace_s=7))
+    assert options["timeout_graceful_shutdown"] == 7
+    assert {k: v for k, v in options.items() if k != "timeout_graceful_shutdown"} == {
+        k: v for k, v in UVICORN_OPTIONS.items() if k != "timeout_graceful_shutdown"
+    }
+
+
+def worker(grace_s: float = 30.0) -> Worker:
+    return create_worker(
+        fakes(settings(worker_shutdown_grace_s=grace_s)).services, handle_signals=False
+    )
+
+
+def test_the_first_signal_stops_taking_jobs_and_a_second_asks_for_now() -> None:
+    w = worker()
+    assert w.allow_pick_jobs
+    request_stop(w)
+    assert not w.allow_pick_jobs
+    assert w.ctx["stop"].requested_at is not None and not w.ctx["stop"].now
+    request_stop(w)
+    assert w.ctx["stop"].now
+
+
+def test_uvicorns_signal_reaches_the_processes_workers() -> None:
+    w = worker()
+    server = Server(uvicorn.Config(app="dockguard.api.server:app_from_env"))
+    server.handle_exit(signal.SIGTERM, None)
+    assert server.should_exit
+    assert not w.allow_pick_jobs
+
+
+async def test_a_job_that_ends_within_the_grace_is_waited_for_not_cancelled() -> None:
+    w = worker(grace_s=30)
+    job = asyncio.create_task(asyncio.sleep(0.3, result="done"))
+    w.tasks["job"] = job
+    request_stop(w)
+    started = time.monotonic()
+    await stop_worker(w)
+    assert job.result() == "done"
+    assert time.monotonic() - started < 5  # at its end, not the grace's
+
+
+async def test_a_job_still_running_when_the_grace_ends_is_cancelled() -> None:
+    w = worker(grace_s=0.3)
+    job = asyncio.create_task(asyncio.sleep(30))
+    w.tasks["job"] = job
+    request_stop(w)
+    started = time.monotonic()
+    await stop_worker(w)
+    await asyncio.gather(job, return_exceptions=True)
+    assert job.cancelled()  # arq puts a cancelled delivery back on the queue
+    assert 0.25 < time.monotonic() - started < 5
+
+
+async def test_a_second_signal_cuts_the_grace_short() -> None:
+    w = worker(grace_s=30)
+    job = asyncio.create_task(asyncio.sleep(30))
+    w.tasks["job"] = job
+    request_stop(w)
+    stopping = asyncio.create_task(stop_worker(w))
+    await asyncio.sleep(0.1)
+    assert not stopping.done()
+    request_stop_all()  # the second signal
+    await asyncio.wait_for(stopping, 5)
+    await asyncio.gather(job, return_exceptions=True)
+    assert job.cancelled()
+
+
+async def test_without_a_signal_the_jobs_are_handed_back_at_once() -> None:
+    w = worker(grace_s=30)
+    job = asyncio.create_task(asyncio.sleep(30))
+    w.tasks["job"] = job
+    await asyncio.wait_for(stop_worker(w), 5)
+    await asyncio.gather(job, return_exceptions=True)
+    assert job.cancelled() and not w.allow_pick_jobs
