@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from dockguard.jobs.worker import _DRAIN_TIMEOUT_S
 from dockguard.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,9 +100,17 @@ def test_the_socket_mount_says_what_it_risks() -> None:
 
 
 def test_the_workers_drain_within_the_grace(services: dict[str, dict[str, Any]]) -> None:
-    """Compose waits stop_grace_period before SIGKILL: longer than a worker's drain (120 s)."""
-    grace = services["worker"]["stop_grace_period"]
-    assert grace.endswith("s") and int(grace[:-1]) > 120
+    """Compose waits stop_grace_period before SIGKILL: a worker's grace for its running jobs,
+    then its drain, must fit in it; the API's grace too."""
+
+    def seconds(value: str) -> int:
+        assert value.endswith("s")
+        return int(value[:-1])
+
+    defaults = Settings()
+    worker_needs = defaults.worker_shutdown_grace_s + _DRAIN_TIMEOUT_S
+    assert seconds(services["worker"]["stop_grace_period"]) >= worker_needs
+    assert seconds(services["api"]["stop_grace_period"]) > defaults.api_shutdown_grace_s
 
 
 def test_every_setting_named_is_a_real_setting(services: dict[str, dict[str, Any]]) -> None:
