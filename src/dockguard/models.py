@@ -367,9 +367,15 @@ class SubmitRequest(BaseModel):
 ScannerDbCheck = Literal["ok", "stale", "missing", "not_checked"]
 
 
+# Checks a caller may leave out of the verdict (`GET /readyz?exclude=…`).
+ReadinessExclusion = Literal["docker", "workers"]
+
+
 class ReadinessChecks(BaseModel):
     redis: Literal["ok", "failed"]
-    docker: Literal["ok", "failed"]
+    docker: Literal["ok", "failed", "not_checked"] = Field(
+        description="`not_checked` when excluded (`?exclude=docker`)."
+    )
     workers: int = Field(description="Workers seen in the last 30 s.")
     scanner_db: ScannerDbCheck
 
@@ -379,6 +385,9 @@ class Readiness(BaseModel):
 
     status: Literal["ready", "not_ready"]
     checks: ReadinessChecks
+    excluded: list[ReadinessExclusion] = Field(
+        default_factory=list, description="The checks left out of `status` (`?exclude=`)."
+    )
     code: str | None = Field(None, description="`service_unavailable` when not ready.")
     detail: str | None = None
 

@@ -70,6 +70,32 @@ async def test_an_api_without_a_worker_is_not_ready(instances: Instances) -> Non
     assert body["code"] == "service_unavailable" and body["detail"] == "not ready: workers"
 
 
+async def test_excluded_checks_are_reported_but_do_not_decide(instances: Instances) -> None:
+    """`?exclude=` (as Kubernetes' own /readyz): an API whose workers are scaled to zero, or that
+    has no engine socket, is ready when it can store jobs."""
+    api_only = await instances.get(run_worker=False, run_timeout_s=31)
+    answer = await api_only.client.get("/readyz", params={"exclude": ["workers"]})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["status"] == "ready" and body["excluded"] == ["workers"]
+    assert body["checks"]["workers"] == 0 and body["checks"]["docker"] == "ok"
+
+    answer = await api_only.client.get("/readyz", params={"exclude": ["docker", "workers"]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["checks"]["docker"] == "not_checked"
+    assert answer.json()["excluded"] == ["docker", "workers"]
+
+    # Excluding the engine only still needs a worker.
+    answer = await api_only.client.get("/readyz", params={"exclude": "docker"})
+    assert answer.status_code == 503 and answer.json()["detail"] == "not ready: workers"
+
+    # Redis cannot be left out, nor can a check that does not exist.
+    for wrong in ("redis", "nonsense"):
+        answer = await api_only.client.get("/readyz", params={"exclude": wrong})
+        assert answer.status_code == 422, answer.text  # as every invalid query parameter
+        assert answer.json()["code"] == "request_invalid"
+
+
 async def test_redis_down_is_not_ready_and_back_is_ready_again(
     instances: Instances, own_redis: tuple[int, str]
 ) -> None:

@@ -38,6 +38,7 @@ from dockguard.models import (
     JobStatus,
     Readiness,
     ReadinessChecks,
+    ReadinessExclusion,
     ScannerDbCheck,
     ScannerStatus,
     SubmitRequest,
@@ -495,34 +496,53 @@ _CHECK_TIMEOUT_S = 3.0
         "`workers` (workers seen in the last 30 s; `serve`'s own worker counts), `scanner_db` "
         "(`ok`, `stale`, `missing`, or `not_checked` when image scans are off or the scanner "
         "did not answer; informative only). 503 `not_ready` when Redis or the engine failed "
-        "or no worker is alive."
+        "or no worker is alive. `exclude` (repeatable: `docker`, `workers`) leaves a check out "
+        "of the verdict, the way Kubernetes' own `/readyz?exclude=` does: an API with no engine "
+        "socket whose workers scale to zero probes `/readyz?exclude=docker&exclude=workers` "
+        "(ready when it can store jobs). An excluded `docker` is not even tried (`not_checked`); "
+        "the workers are still counted."
     ),
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "Not ready: the checks say why."}},
 )
-async def readyz(services: ServicesDep) -> JSONResponse:
+async def readyz(
+    services: ServicesDep,
+    exclude: Annotated[
+        list[ReadinessExclusion] | None,
+        Query(description="A check to leave out of the verdict; repeat for several."),
+    ] = None,
+) -> JSONResponse:
+    excluded = sorted(set(exclude or ()))
+    check_docker = "docker" not in excluded
     redis_ok, docker_ok = await asyncio.gather(
-        _check("redis", services.redis.ping()), _check("docker", services.sandbox.ping())
+        _check("redis", services.redis.ping()),
+        _check("docker", services.sandbox.ping()) if check_docker else _skipped(),
     )
     workers = await _workers_alive(services) if redis_ok else 0
     checks = ReadinessChecks(
         redis="ok" if redis_ok else "failed",
-        docker="ok" if docker_ok else "failed",
+        docker=("ok" if docker_ok else "failed") if check_docker else "not_checked",
         workers=workers,
         scanner_db=await _scanner_db(services),
     )
     failing = [name for name, ok in (("redis", redis_ok), ("docker", docker_ok)) if not ok]
-    if workers == 0:
+    if workers == 0 and "workers" not in excluded:
         failing.append("workers")
     if not failing:
-        return JSONResponse(Readiness(status="ready", checks=checks).model_dump())
+        ready = Readiness(status="ready", checks=checks, excluded=excluded)
+        return JSONResponse(ready.model_dump())
     body = Readiness(
         status="not_ready",
         checks=checks,
+        excluded=excluded,
         code=ErrorCode.SERVICE_UNAVAILABLE.value,
         detail=f"not ready: {', '.join(failing)}",
     )
     return JSONResponse(body.model_dump(), status_code=503)
+
+
+async def _skipped() -> bool:
+    return True
 
 
 async def _check(name: str, call: Awaitable[object]) -> bool:
