@@ -38,5 +38,8 @@ if [ "$unit_only" != yes ]; then
   # it, else Debian's docker-compose 1.29.
   docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 \
     || apt_install docker-compose
+  # gVisor's runsc, registered with the engine (tests/e2e/test_gvisor.py). A machine that cannot
+  # run it still runs the suite: those tests then fail, saying why.
+  bash scripts/gvisor.sh || say "gVisor is not usable here: tests/e2e/test_gvisor.py will fail"
 fi
 exec .venv/bin/pytest "$@"

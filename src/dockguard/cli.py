@@ -84,6 +84,7 @@ def serve(
     DOCKGUARD_API_SHUTDOWN_GRACE_S, and exits 0; its worker (if any) takes no new job from the
     signal on and stops as `dockguard worker` does."""
     settings = _settings()
+    _check_runtime(settings)
     processes = settings.api_workers if workers is None else workers
     if problem := serve_problem(settings, processes=processes, run_worker=worker):
         raise typer.BadParameter(problem)
@@ -104,6 +105,27 @@ def serve(
     except EmbeddedRedisError as exc:
         typer.echo(f"dockguard: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+
+def _check_runtime(settings: Settings) -> None:
+    """Refuse to start (exit 2) when the engine answers without DOCKGUARD_RUNTIME."""
+    if settings.runtime is None:
+        return
+    from dockguard.sandbox import connect
+    from dockguard.services import RuntimeUnavailable, check_runtime
+
+    async def check() -> None:
+        docker = connect(settings.docker_url, settings.docker_timeout_s)
+        try:
+            await check_runtime(settings.runtime, docker)
+        finally:
+            await docker.close()
+
+    try:
+        asyncio.run(check())
+    except RuntimeUnavailable as exc:
+        typer.echo(f"dockguard: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def serve_problem(settings: Settings, *, processes: int, run_worker: bool) -> str | None:
@@ -160,6 +182,7 @@ def worker_command() -> None:
     settings = _settings()
     if settings.redis_url is None:
         raise typer.BadParameter("a standalone worker needs DOCKGUARD_REDIS_URL")
+    _check_runtime(settings)
 
     if settings.worker_metrics_port:
         # prometheus-client's own server, in a thread: GET /metrics on the port.

@@ -380,11 +380,25 @@ class ReadinessChecks(BaseModel):
     scanner_db: ScannerDbCheck
 
 
+class RuntimeReport(BaseModel):
+    """Which OCI runtime dockguard's containers get."""
+
+    run: str | None = Field(
+        description="The runs' and scans' runtime: DOCKGUARD_RUNTIME, else the engine's default "
+        "(null: the engine was not asked)."
+    )
+    build: str | None = Field(
+        description="The builds' runtime: always the engine's default, since the builder takes "
+        "none per build (null: the engine was not asked)."
+    )
+
+
 class Readiness(BaseModel):
     """What `GET /readyz` answers: every check by name (503: the `detail` names what failed)."""
 
     status: Literal["ready", "not_ready"]
     checks: ReadinessChecks
+    runtime: RuntimeReport = Field(default_factory=lambda: RuntimeReport(run=None, build=None))
     excluded: list[ReadinessExclusion] = Field(
         default_factory=list, description="The checks left out of `status` (`?exclude=`)."
     )

@@ -20,6 +20,7 @@ from dockguard.models import (
     ScanReport,
 )
 from dockguard.sandbox import BuildOutcome, Prepared, RunOutcome
+from dockguard.sandbox.engine import EngineRuntimes
 from dockguard.sandbox.watchdog import Watched
 from dockguard.store.listing import Page, Position
 from dockguard.store.queue import QueueEntry
@@ -27,6 +28,9 @@ from dockguard.store.queue import QueueEntry
 
 class Sandbox(Protocol):
     async def ping(self) -> None: ...
+
+    async def runtimes(self) -> EngineRuntimes:
+        """The engine's OCI runtimes and its default one (what builds get)."""
 
     async def check_bases(self, bases: tuple[BaseImage, ...], *, pull_timeout_s: float) -> None:
         """Raise a JobFailure for a base the build may not start from."""

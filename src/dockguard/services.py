@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiodocker
+import aiohttp
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import Redis
@@ -157,7 +158,9 @@ def trivy_backend(
         return LocalTrivy(find_trivy(settings.trivy_binary), settings.scanner_cache_dir)
     if settings.trivy_image is None:
         raise ValueError("DOCKGUARD_SCANNER_BACKEND=container needs DOCKGUARD_TRIVY_IMAGE")
-    return ContainerTrivy(docker, settings.trivy_image, settings.scanner_cache_dir, limits)
+    return ContainerTrivy(
+        docker, settings.trivy_image, settings.scanner_cache_dir, limits, runtime=settings.runtime
+    )
 
 
 def trivy_scanner(settings: Settings, docker: aiodocker.Docker, cache: ScanCache) -> TrivyScanner:
@@ -202,6 +205,30 @@ async def open_dockerfile_redis(url: str) -> Redis:
         client = sentinel_master(target, Redis, read_timeout_s=_DOCKERFILE_REDIS_TIMEOUT_S)
     await _first_ping(client, tries=1)
     return client
+
+
+class RuntimeUnavailable(ValueError):
+    """DOCKGUARD_RUNTIME names a runtime the engine does not know: nothing could run."""
+
+
+async def check_runtime(runtime: str | None, docker: aiodocker.Docker) -> None:
+    """At start: the engine must list DOCKGUARD_RUNTIME, else every run would fail. An engine
+    that does not answer now is not a reason to refuse (jobs fail `engine_unavailable` until it
+    is back); one that answers without the runtime is."""
+    if runtime is None:
+        return
+    try:
+        info = await docker.system.info()
+    except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        log.warning("runtime not checked: the engine did not answer", extra={"why": repr(exc)})
+        return
+    known = sorted(info.get("Runtimes") or {})
+    if runtime not in known:
+        raise RuntimeUnavailable(
+            f"DOCKGUARD_RUNTIME={runtime} is not a runtime of the Docker Engine (it has: "
+            f"{', '.join(known) or 'none'}); register it (scripts/gvisor.sh for runsc) or unset it"
+        )
+    log.info("runtime checked", extra={"runtime": runtime})
 
 
 @dataclass
@@ -255,6 +282,12 @@ class Services:
         )
         docker = connect(settings.docker_url, settings.docker_timeout_s)
         closers.insert(0, docker.close)
+        try:
+            await check_runtime(settings.runtime, docker)
+        except RuntimeUnavailable:
+            for close in closers:
+                await close()
+            raise
         sandbox = EngineSandbox(
             docker,
             log_tail_lines=settings.log_tail_lines,

@@ -29,6 +29,7 @@ from dockguard.models import (
     utcnow,
 )
 from dockguard.sandbox import BuildOutcome, Prepared, RunOutcome
+from dockguard.sandbox.engine import EngineRuntimes
 from dockguard.sandbox.watchdog import Watched
 from dockguard.scanning import evaluate
 from dockguard.services import Services
@@ -225,6 +226,10 @@ class FakeSandbox:
 
     async def ping(self) -> None:
         await self._step("ping")
+
+    async def runtimes(self) -> EngineRuntimes:
+        await self._step("ping")
+        return EngineRuntimes(names=("runc",), default="runc")
 
     async def check_bases(self, bases: tuple[BaseImage, ...], *, pull_timeout_s: float) -> None:
         await self._step("check_bases")

@@ -39,10 +39,12 @@ from dockguard.models import (
     Readiness,
     ReadinessChecks,
     ReadinessExclusion,
+    RuntimeReport,
     ScannerDbCheck,
     ScannerStatus,
     SubmitRequest,
 )
+from dockguard.sandbox.engine import EngineRuntimes
 from dockguard.services import Services, deserialize
 from dockguard.store import listing, logs
 from dockguard.store.keys import QUEUE_NAME
@@ -514,9 +516,14 @@ async def readyz(
 ) -> JSONResponse:
     excluded = sorted(set(exclude or ()))
     check_docker = "docker" not in excluded
+    engine: list[EngineRuntimes] = []  # what the engine said, when it was asked and answered
     redis_ok, docker_ok = await asyncio.gather(
         _check("redis", services.redis.ping()),
-        _check("docker", services.sandbox.ping()) if check_docker else _skipped(),
+        _check("docker", _runtimes(services, engine)) if check_docker else _skipped(),
+    )
+    runtime = RuntimeReport(
+        run=services.settings.runtime or (engine[0].default if engine else None),
+        build=engine[0].default if engine else None,
     )
     workers = await _workers_alive(services) if redis_ok else 0
     checks = ReadinessChecks(
@@ -529,11 +536,12 @@ async def readyz(
     if workers == 0 and "workers" not in excluded:
         failing.append("workers")
     if not failing:
-        ready = Readiness(status="ready", checks=checks, excluded=excluded)
+        ready = Readiness(status="ready", checks=checks, runtime=runtime, excluded=excluded)
         return JSONResponse(ready.model_dump())
     body = Readiness(
         status="not_ready",
         checks=checks,
+        runtime=runtime,
         excluded=excluded,
         code=ErrorCode.SERVICE_UNAVAILABLE.value,
         detail=f"not ready: {', '.join(failing)}",
@@ -543,6 +551,11 @@ async def readyz(
 
 async def _skipped() -> bool:
     return True
+
+
+async def _runtimes(services: Services, into: list[EngineRuntimes]) -> None:
+    """The engine check: its runtimes (an answer is the check), kept in `into`."""
+    into.append(await services.sandbox.runtimes())
 
 
 async def _check(name: str, call: Awaitable[object]) -> bool:

@@ -60,6 +60,12 @@ class Prepared:
     volumes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class EngineRuntimes:
+    names: tuple[str, ...]
+    default: str
+
+
 class EngineSandbox:
     def __init__(
         self,
@@ -79,6 +85,15 @@ class EngineSandbox:
 
     async def ping(self) -> None:
         await self.docker.version()
+
+    async def runtimes(self) -> EngineRuntimes:
+        """The OCI runtimes the engine knows, and its default: the one its builds get (the
+        classic builder's RUN containers take the engine's default; POST /build takes none)."""
+        info = await self.docker.system.info()
+        known = info.get("Runtimes") or {}
+        return EngineRuntimes(
+            names=tuple(sorted(known)), default=str(info.get("DefaultRuntime") or "runc")
+        )
 
     async def check_bases(self, bases: tuple[BaseImage, ...], *, pull_timeout_s: float) -> None:
         """Every image the build starts from is on the engine (or allowed and pulled by us),

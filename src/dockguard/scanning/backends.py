@@ -128,9 +128,17 @@ class ContainerTrivy:
     name = "container"
 
     def __init__(
-        self, docker: aiodocker.Docker, image: str, cache: str, limits: ScannerLimits
+        self,
+        docker: aiodocker.Docker,
+        image: str,
+        cache: str,
+        limits: ScannerLimits,
+        runtime: str | None = None,
     ) -> None:
         self._docker = docker
+        # The scans' OCI runtime (DOCKGUARD_RUNTIME). Not the DB download's: it needs a network,
+        # and gVisor registered as dockguard asks (`--network=none`) has none.
+        self._runtime = runtime
         self._ref, _, digest = image.partition("@")
         self._digest = digest
         self._cache = cache
@@ -249,6 +257,7 @@ class ContainerTrivy:
             nofile=limits.nofile,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs_mb}m"},
             mounts=[{"Type": "volume", "Source": volume, "Target": "/work"}, cache_mount],
+            runtime=None if network else self._runtime,
             log_max_size="8m",
         )
         return hardening.container_config(

@@ -1,0 +1,86 @@
+"""DOCKGUARD_RUNTIME=runsc: a job's run container is under gVisor, as seen from inside it (its
+kernel log is gVisor's), the job records the runtime, /readyz reports which runtime runs and
+builds get, and a runtime the engine does not know stops dockguard at start (exit 2).
+
+scripts/test.sh registers runsc with the engine (scripts/gvisor.sh) first. A machine that cannot
+run gVisor fails these tests with the reason: they are never skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import aiodocker
+import pytest
+
+from tests.e2e.conftest import Instances, assert_gone
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The run writes its kernel's first log line into perf.json: gVisor's says "Starting gVisor".
+KERNEL_PROBE = """\
+FROM busybox:latest
+USER 1000
+CMD k=$(dmesg 2>&1 | head -n 1 | tr -cd 'A-Za-z0-9 .[]'); \\
+    printf '{"perf": 1, "kernel": "%s"}' "$k" > /data/perf.json
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def runsc_registered() -> None:
+    async with aiodocker.Docker() as docker:
+        info = await docker.system.info()
+    if "runsc" not in (info.get("Runtimes") or {}):
+        pytest.fail("the engine has no runtime runsc: run scripts/gvisor.sh (scripts/test.sh does)")
+
+
+async def test_a_job_runs_under_gvisor(instances: Instances, docker: aiodocker.Docker) -> None:
+    dg = await instances.get(runtime="runsc", build_network="none")
+    job = await dg.run(KERNEL_PROBE)
+    assert job["status"] == "succeeded", json.dumps(job)[:2000]
+    assert "gVisor" in job["result"]["data"]["kernel"], job["result"]
+    assert job["run"]["limits"]["runtime"] == "runsc"
+    await assert_gone(docker, job)
+
+    # and the same Dockerfile under the engine's default runtime is not
+    plain = await (await instances.get(build_network="none")).run(KERNEL_PROBE)
+    assert plain["status"] == "succeeded", json.dumps(plain)[:2000]
+    assert "gVisor" not in plain["result"]["data"]["kernel"]
+    assert plain["run"]["limits"]["runtime"] is None
+
+
+async def test_readyz_reports_the_runtimes(instances: Instances) -> None:
+    dg = await instances.get(runtime="runsc", build_network="none")
+    body = (await dg.client.get("/readyz")).json()
+    # Builds get the engine's default: the classic builder takes no runtime per build.
+    assert body["runtime"] == {"run": "runsc", "build": "runc"}
+    body = (await dg.client.get("/readyz", params={"exclude": "docker"})).json()
+    assert body["runtime"] == {"run": "runsc", "build": None}  # the engine was not asked
+    default = await instances.get(build_network="none")
+    assert (await default.client.get("/readyz")).json()["runtime"] == {
+        "run": "runc",
+        "build": "runc",
+    }
+
+
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--no-worker", "--port", "0"]])
+async def test_an_unknown_runtime_stops_the_start(command: list[str], redis_port: int) -> None:
+    env = {
+        **os.environ,
+        "DOCKGUARD_RUNTIME": "no-such-runtime",
+        "DOCKGUARD_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "DOCKGUARD_WORKER_METRICS_PORT": "0",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dockguard", *command, env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        _, err = await proc.communicate()
+    assert proc.returncode == 2, err.decode()[-2000:]
+    message = err.decode()
+    assert "DOCKGUARD_RUNTIME=no-such-runtime is not a runtime of the Docker Engine" in message
+    assert "runc" in message and "Traceback" not in message
