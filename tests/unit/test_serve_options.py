@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 from arq import Worker
 from pydantic import ValidationError
+from sse_starlette.sse import AppStatus
 
 from dockguard.api.server import UVICORN_OPTIONS, Server, uvicorn_options
 from dockguard.cli import serve_problem
@@ -83,9 +84,14 @@ def test_the_first_signal_stops_taking_jobs_and_a_second_asks_for_now() -> None:
 def test_uvicorns_signal_reaches_the_processes_workers() -> None:
     w = worker()
     server = Server(uvicorn.Config(app="dockguard.api.server:app_from_env"))
-    server.handle_exit(signal.SIGTERM, None)
-    assert server.should_exit
-    assert not w.allow_pick_jobs
+    try:
+        server.handle_exit(signal.SIGTERM, None)
+        assert server.should_exit
+        assert not w.allow_pick_jobs
+    finally:
+        # sse-starlette's handle_exit hook marks the whole process as exiting (every log stream
+        # then ends at once): undo it, or the rest of the session's streams would end unread.
+        AppStatus.should_exit = False
 
 
 async def test_a_job_that_ends_within_the_grace_is_waited_for_not_cancelled() -> None:
