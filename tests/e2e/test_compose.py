@@ -123,7 +123,13 @@ async def stack(tmp_path: Path, docker: aiodocker.Docker) -> AsyncIterator[Stack
         await stack("down", "--volumes", "--remove-orphans", "--timeout", "30", timeout_s=180)
         with contextlib.suppress(aiodocker.DockerError):
             await docker.images.delete(stack.image, force=True)
+        # and the build stage the image was made in (deploy/Dockerfile labels it), now untagged
+        build_stages = {"dangling": ["true"], "label": ["dockguard.stage=build"]}
+        for image in await docker.images.list(filters=build_stages):
+            with contextlib.suppress(aiodocker.DockerError):
+                await docker.images.delete(image["Id"], force=True)
     assert await project_objects(docker, stack.project) == []
+    assert await docker.images.list(filters=build_stages) == []
     volumes_after = {v["Name"] for v in (await docker.volumes.list()).get("Volumes") or []}
     assert volumes_after - volumes_before == set(), "the stack left volumes behind"
 
