@@ -108,7 +108,8 @@ def serve(
 
 
 def _check_runtime(settings: Settings) -> None:
-    """Refuse to start (exit 2) when the engine answers without DOCKGUARD_RUNTIME."""
+    """Refuse to start (exit 2) when the engine answers without DOCKGUARD_RUNTIME, or with a
+    gVisor runtime and too few DOCKGUARD_RUN_PIDS for it."""
     if settings.runtime is None:
         return
     from dockguard.sandbox import connect
@@ -117,7 +118,7 @@ def _check_runtime(settings: Settings) -> None:
     async def check() -> None:
         docker = connect(settings.docker_url, settings.docker_timeout_s)
         try:
-            await check_runtime(settings.runtime, docker)
+            await check_runtime(settings.runtime, docker, run_pids=settings.run_pids)
         finally:
             await docker.close()
 

@@ -7,6 +7,7 @@ import asyncio
 import functools
 import json
 import logging
+import posixpath
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -208,13 +209,27 @@ async def open_dockerfile_redis(url: str) -> Redis:
 
 
 class RuntimeUnavailable(ValueError):
-    """DOCKGUARD_RUNTIME names a runtime the engine does not know: nothing could run."""
+    """DOCKGUARD_RUNTIME names a runtime the engine does not know, or one every run would fail
+    under with these settings: nothing could run."""
 
 
-async def check_runtime(runtime: str | None, docker: aiodocker.Docker) -> None:
-    """At start: the engine must list DOCKGUARD_RUNTIME, else every run would fail. An engine
-    that does not answer now is not a reason to refuse (jobs fail `engine_unavailable` until it
-    is back); one that answers without the runtime is."""
+# gVisor's own threads (its kernel's, and on the ptrace platform a host process per address
+# space) count in the run's pids limit: at 64 a shell fails to fork after a few subshells
+# (tests/e2e/test_adversarial.py runs its attacks under runsc at this floor).
+GVISOR_MIN_RUN_PIDS = 128
+
+
+def is_gvisor(runtime: str, entry: object) -> bool:
+    """Whether the engine's runtime `runtime` (its `docker info` Runtimes entry) is gVisor's."""
+    path = entry.get("path") if isinstance(entry, dict) else None
+    return posixpath.basename(str(path or runtime)).startswith("runsc")
+
+
+async def check_runtime(runtime: str | None, docker: aiodocker.Docker, *, run_pids: int) -> None:
+    """At start: the engine must list DOCKGUARD_RUNTIME, else every run would fail; and under
+    gVisor DOCKGUARD_RUN_PIDS must leave room for gVisor's own threads. An engine that does not
+    answer now is not a reason to refuse (jobs fail `engine_unavailable` until it is back); one
+    that answers without the runtime is."""
     if runtime is None:
         return
     try:
@@ -222,11 +237,18 @@ async def check_runtime(runtime: str | None, docker: aiodocker.Docker) -> None:
     except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
         log.warning("runtime not checked: the engine did not answer", extra={"why": repr(exc)})
         return
-    known = sorted(info.get("Runtimes") or {})
-    if runtime not in known:
+    runtimes = info.get("Runtimes") or {}
+    if runtime not in runtimes:
         raise RuntimeUnavailable(
             f"DOCKGUARD_RUNTIME={runtime} is not a runtime of the Docker Engine (it has: "
-            f"{', '.join(known) or 'none'}); register it (scripts/gvisor.sh for runsc) or unset it"
+            f"{', '.join(sorted(runtimes)) or 'none'}); register it (scripts/gvisor.sh for runsc) "
+            "or unset it"
+        )
+    if is_gvisor(runtime, runtimes[runtime]) and run_pids < GVISOR_MIN_RUN_PIDS:
+        raise RuntimeUnavailable(
+            f"DOCKGUARD_RUN_PIDS={run_pids} is too few under gVisor (DOCKGUARD_RUNTIME={runtime}): "
+            "its own threads count in the limit, and a run's shell would soon fail to fork; "
+            f"set it to {GVISOR_MIN_RUN_PIDS} or more"
         )
     log.info("runtime checked", extra={"runtime": runtime})
 
@@ -283,7 +305,7 @@ class Services:
         docker = connect(settings.docker_url, settings.docker_timeout_s)
         closers.insert(0, docker.close)
         try:
-            await check_runtime(settings.runtime, docker)
+            await check_runtime(settings.runtime, docker, run_pids=settings.run_pids)
         except RuntimeUnavailable:
             for close in closers:
                 await close()

@@ -57,6 +57,21 @@ DOCKERFILE_DB = DATABASES - 2  # test_data_protection's separate Dockerfile Redi
 WORKER_DB = DATABASES - 3  # test_metrics' standalone worker
 
 
+# The runtimes the run attacks are made under: the engine's default, and gVisor's (registered by
+# scripts/gvisor.sh, which scripts/test.sh runs).
+RUNTIMES = ("runc", "runsc")
+
+
+async def require_runtime(docker: aiodocker.Docker, runtime: str) -> None:
+    """Fails (never skips) when the engine lacks `runtime`: such a test says why, loudly."""
+    known = (await docker.system.info()).get("Runtimes") or {}
+    if runtime not in known:
+        pytest.fail(
+            f"the engine has no runtime {runtime} (it has: {', '.join(sorted(known))}): "
+            "run scripts/gvisor.sh (scripts/test.sh does)"
+        )
+
+
 def _free_socket() -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -159,7 +174,9 @@ class Instances:
 
     async def get(self, **overrides: Any) -> Dockguard:
         key = repr(sorted(overrides.items()))
-        if key not in self._running:
+        if key in self._running:
+            assert not self._running[key][2].done(), "this instance was stopped"
+        else:
             self._running[key] = await self._start(len(self._running), overrides)
         return self._running[key][0]
 
@@ -203,11 +220,16 @@ class Instances:
     def submitted(self) -> list[str]:
         return [job for instance, _, _ in self._running.values() for job in instance.submitted]
 
-    async def stop(self) -> None:
-        for instance, server, task in self._running.values():
-            await instance.client.aclose()
-            server.should_exit = True
-            await task
+    async def stop(self, **overrides: Any) -> None:
+        """Stop the instance of these settings (before the session ends: its engine is going
+        away), or with none given every instance. A stopped one keeps its Redis database."""
+        keys = [repr(sorted(overrides.items()))] if overrides else list(self._running)
+        for key in keys:
+            instance, server, task = self._running[key]
+            if not task.done():
+                await instance.client.aclose()
+                server.should_exit = True
+                await task
 
 
 VULNERABLE = Vulnerability(

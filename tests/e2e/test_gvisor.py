@@ -1,6 +1,7 @@
 """DOCKGUARD_RUNTIME=runsc: a job's run container is under gVisor, as seen from inside it (its
 kernel log is gVisor's), the job records the runtime, /readyz reports which runtime runs and
-builds get, and a runtime the engine does not know stops dockguard at start (exit 2).
+builds get, and a runtime the engine does not know, or gVisor with too few pids for its own
+threads, stops dockguard at start (exit 2).
 
 scripts/test.sh registers runsc with the engine (scripts/gvisor.sh) first. A machine that cannot
 run gVisor fails these tests with the reason: they are never skipped."""
@@ -66,11 +67,27 @@ async def test_readyz_reports_the_runtimes(instances: Instances) -> None:
     }
 
 
+REFUSED = {
+    "unknown runtime": (
+        {"DOCKGUARD_RUNTIME": "no-such-runtime"},
+        "DOCKGUARD_RUNTIME=no-such-runtime is not a runtime of the Docker Engine (it has: runc",
+    ),
+    "too few pids for gVisor": (
+        {"DOCKGUARD_RUNTIME": "runsc", "DOCKGUARD_RUN_PIDS": "64"},
+        "DOCKGUARD_RUN_PIDS=64 is too few under gVisor (DOCKGUARD_RUNTIME=runsc)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
 @pytest.mark.parametrize("command", [["worker"], ["serve", "--no-worker", "--port", "0"]])
-async def test_an_unknown_runtime_stops_the_start(command: list[str], redis_port: int) -> None:
+async def test_a_runtime_nothing_could_run_under_stops_the_start(
+    command: list[str], case: str, redis_port: int
+) -> None:
+    settings, expected = REFUSED[case]
     env = {
         **os.environ,
-        "DOCKGUARD_RUNTIME": "no-such-runtime",
+        **settings,
         "DOCKGUARD_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "DOCKGUARD_WORKER_METRICS_PORT": "0",
     }
@@ -82,5 +99,5 @@ async def test_an_unknown_runtime_stops_the_start(command: list[str], redis_port
         _, err = await proc.communicate()
     assert proc.returncode == 2, err.decode()[-2000:]
     message = err.decode()
-    assert "DOCKGUARD_RUNTIME=no-such-runtime is not a runtime of the Docker Engine" in message
-    assert "runc" in message and "Traceback" not in message
+    assert expected in message, message[-2000:]
+    assert "Traceback" not in message

@@ -109,7 +109,9 @@ def holder_config(job_id: str, image: str, run_timeout_s: float) -> dict[str, An
     """The /data holder's create body: it only sleeps, and cannot even read /data (0700)."""
     # The limits leave room for the runtime's own init (runc's Go `init` runs inside the
     # container's cgroup before it execs `sleep`): at 16 MiB and 4 pids the engine now and then
-    # answered "cannot start a stopped process".
+    # answered "cannot start a stopped process". Always runc: it runs only a trusted image's
+    # `sleep`, and on an engine whose default runtime is gVisor (a dedicated build engine, see
+    # scripts/gvisor.sh) gVisor's own threads alone are more than its 8 pids.
     isolation = hardening.Isolation(
         memory_mb=64,
         pids=8,
@@ -117,6 +119,7 @@ def holder_config(job_id: str, image: str, run_timeout_s: float) -> dict[str, An
         file_size_mb=1,
         nofile=64,
         mounts=[_data_mount(names.volume_name(job_id), read_only=True)],
+        runtime="runc",
     )
     sleep_s = int(run_timeout_s) + _HOLDER_EXTRA_S
     return hardening.container_config(
