@@ -21,12 +21,15 @@ even ones), so that the machine's noise touches both alike; one untimed warm-up 
 checks each container's output. `work` is a case's median minus the reference's median under
 the same runtime: an estimate of the workload alone, without the container's start and stop.
 
-`--jobs N` (default 5; 0: skip) also runs N rounds of one job through two dockguard stacks
+`--jobs N` (default 5; 0: skip) also runs N rounds of whole jobs through two dockguard stacks
 started side by side (harness.Stack: a private redis-server and `dockguard serve` with its
 in-process worker each), one with `DOCKGUARD_RUNTIME` unset (runc), one with
-`DOCKGUARD_RUNTIME=runsc`; the same Dockerfile each time (after a warm-up job, its Trivy scan
-comes from the cache: the difference is the run's). A job that fails prints its error code and
-message instead of figures.
+`DOCKGUARD_RUNTIME=runsc`: for each of `--job-cases` (default reference, cpu, syscalls) a job
+whose run is that workload and then writes perf.json. Each prints the job's wall time (submit to
+seen ended), its run stage (the worker's `dockguard_stage_duration_seconds{stage="run"}`: holder,
+container, result and cleanup) and the container's own duration; the same Dockerfile per case
+each time (after a warm-up job, its Trivy scan comes from the cache: the difference is the
+run's). A job that fails prints its error code and message instead of figures.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from harness import TRIVIAL, Stack, loadavg, machine, stage_totals, submit, wait_job, workdir
+from harness import Stack, loadavg, machine, stage_totals, submit, wait_job, workdir
 
 IMAGE = "busybox:latest"
 LABEL = "dockguard.bench=gvisor"  # every container this creates; removed after each run
@@ -184,12 +187,25 @@ def print_cases(chosen: Sequence[Case], times: dict[tuple[str, str], list[float]
 
 @dataclass
 class JobSeries:
+    case: str
     runtime: str
     stack: Stack
     totals: list[float] = field(default_factory=list)
     run_stage: list[float] = field(default_factory=list)  # /metrics: the `run` stage
     ran: list[float] = field(default_factory=list)  # the job record: the container itself
     failures: list[str] = field(default_factory=list)
+
+
+def job_dockerfile(case: Case) -> str:
+    """A job whose run is the case's workload, then writes the result (the reference case
+    writes it itself)."""
+    script = case.cmd[2]
+    if case.name != "reference":
+        script = f"{script} > /dev/null && echo '{RESULT}' > /data/perf.json"
+    return (
+        f"FROM {IMAGE}\n# bench-runtimes-{case.name}\nUSER 1000\n"
+        f"CMD {json.dumps(['sh', '-c', script])}\n"
+    )
 
 
 async def one_job(client: httpx.AsyncClient, series: JobSeries, dockerfile: str) -> None:
@@ -209,66 +225,83 @@ async def one_job(client: httpx.AsyncClient, series: JobSeries, dockerfile: str)
     series.ran.append(float(job["run"]["duration_s"]))
 
 
-async def run_jobs(all_series: list[JobSeries], jobs: int) -> None:
-    dockerfile = TRIVIAL.format(nonce="bench-runtimes")
-    clients = {
-        s.runtime: httpx.AsyncClient(base_url=s.stack.base_url, timeout=120) for s in all_series
-    }
+async def run_jobs(
+    stacks: dict[str, Stack], job_cases: Sequence[Case], jobs: int
+) -> list[JobSeries]:
+    all_series = [
+        JobSeries(case.name, runtime, stack)
+        for case in job_cases
+        for runtime, stack in stacks.items()
+    ]
+    dockerfiles = {case.name: job_dockerfile(case) for case in job_cases}
+    clients = {r: httpx.AsyncClient(base_url=s.base_url, timeout=300) for r, s in stacks.items()}
     try:
         for series in all_series:  # warm-up: fills the scan cache; not counted
-            await one_job(clients[series.runtime], series, dockerfile)
+            await one_job(clients[series.runtime], series, dockerfiles[series.case])
             for figures in (series.totals, series.run_stage, series.ran):
                 figures.clear()
-        # A runtime whose warm-up failed is not tried again: once is enough to say why.
+        # A series whose warm-up failed is not tried again: once is enough to say why.
         running = [s for s in all_series if not s.failures]
         for round_ in range(1, jobs + 1):
             print(f"  job round {round_}: load average {loadavg()}", flush=True)
             for series in running if round_ % 2 else list(reversed(running)):
-                await one_job(clients[series.runtime], series, dockerfile)
+                await one_job(clients[series.runtime], series, dockerfiles[series.case])
     finally:
         for client in clients.values():
             await client.aclose()
+    return all_series
 
 
-def print_jobs(all_series: list[JobSeries]) -> None:
+def print_jobs(all_series: list[JobSeries], job_cases: Sequence[Case]) -> None:
     print()
-    print("dockguard jobs (same Dockerfile, scan cached), s: median / min")
-    header = f"{'runtime':<8} {'jobs':>4} {'total':>13} {'run stage':>13} {'container':>13}"
+    print("dockguard jobs (scan cached), s: median / min")
+    header = (
+        f"{'case':<10} {'runtime':<8} {'jobs':>4} {'job total':>13} {'run stage':>13} "
+        f"{'container':>13}"
+    )
     print(header)
     print("-" * len(header))
     for s in all_series:
         if not s.totals:
-            print(f"{s.runtime:<8} {0:>4}  no job succeeded")
+            print(f"{s.case:<10} {s.runtime:<8} {0:>4}  no job succeeded")
             continue
         cells = " ".join(
             f"{statistics.median(v):>6.2f} /{min(v):>5.2f}" for v in (s.totals, s.run_stage, s.ran)
         )
-        print(f"{s.runtime:<8} {len(s.totals):>4} {cells}")
-    by = {s.runtime: s for s in all_series}
-    if all(by[r].totals for r in RUNTIMES):
-        ratio = statistics.median(by["runsc"].totals) / statistics.median(by["runc"].totals)
-        print(f"job total, runsc / runc (medians): {ratio:.2f}x")
+        print(f"{s.case:<10} {s.runtime:<8} {len(s.totals):>4} {cells}")
+    by = {(s.case, s.runtime): s for s in all_series}
+    for case in job_cases:
+        runc, runsc = by[(case.name, "runc")], by[(case.name, "runsc")]
+        if runc.totals and runsc.totals:
+            total = statistics.median(runsc.totals) / statistics.median(runc.totals)
+            stage = statistics.median(runsc.run_stage) / statistics.median(runc.run_stage)
+            print(
+                f"{case.name}: runsc / runc (medians): job total {total:.2f}x, "
+                f"run stage {stage:.2f}x"
+            )
     for s in all_series:
         for failure in s.failures[:3]:
-            print(f"{s.runtime}: {failure}")
+            print(f"{s.case} under {s.runtime}: {failure}")
 
 
-def jobs_under_runtimes(jobs: int) -> None:
+def jobs_under_runtimes(job_cases: Sequence[Case], jobs: int) -> None:
+    """Two dockguard stacks side by side, runc's and runsc's, and the cases' jobs on each."""
     with workdir("dockguard-bench-runtimes-") as work:
+        stacks: dict[str, Stack] = {}
         all_series: list[JobSeries] = []
         try:
             for runtime in RUNTIMES:
                 settings = {} if runtime == "runc" else {"DOCKGUARD_RUNTIME": runtime}
                 (work / runtime).mkdir()
                 stack = Stack(work / runtime, settings=settings)
-                all_series.append(JobSeries(runtime, stack))
+                stacks[runtime] = stack
                 stack.start_redis()
                 stack.start_api(worker=True)
-            asyncio.run(run_jobs(all_series, jobs))
+            all_series = asyncio.run(run_jobs(stacks, job_cases, jobs))
         finally:
-            for series in all_series:
-                series.stack.stop()
-        print_jobs(all_series)
+            for stack in stacks.values():
+                stack.stop()
+        print_jobs(all_series, job_cases)
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -282,10 +315,14 @@ def main() -> None:
     parser.add_argument("--syscall-bytes", type=int, default=50_000)
     parser.add_argument("--execs", type=int, default=50)
     parser.add_argument("--jobs", type=int, default=5, help="dockguard job rounds (0: skip)")
+    parser.add_argument(
+        "--job-cases", default="reference,cpu,syscalls", help="the cases run as whole jobs"
+    )
     args = parser.parse_args()
     known = cases(args.cpu_loops, args.syscall_bytes, args.execs)
     wanted = [name.strip() for name in args.cases.split(",") if name.strip()]
-    unknown = [name for name in wanted if name not in known]
+    job_wanted = [name.strip() for name in args.job_cases.split(",") if name.strip()]
+    unknown = [name for name in (*wanted, *job_wanted) if name not in known]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(known)}")
     runtimes = engine_runtimes()
@@ -302,7 +339,7 @@ def main() -> None:
         times = run_cases(chosen, args.repeat)
         print_cases(chosen, times)
     if args.jobs > 0:
-        jobs_under_runtimes(args.jobs)
+        jobs_under_runtimes([known[name] for name in job_wanted], args.jobs)
     print(f"load average at the end: {loadavg()}")
 
 

@@ -38,8 +38,9 @@ if [ "$unit_only" != yes ]; then
   # it, else Debian's docker-compose 1.29.
   docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 \
     || apt_install docker-compose
-  # gVisor's runsc, registered with the engine (tests/e2e/test_gvisor.py). A machine that cannot
-  # run it still runs the suite: those tests then fail, saying why.
-  bash scripts/gvisor.sh || say "gVisor is not usable here: tests/e2e/test_gvisor.py will fail"
+  # gVisor's runsc, registered with the engine (test_gvisor*.py, and the [runsc] half of
+  # test_adversarial.py and test_run_sandbox.py). A machine that cannot run it still runs the
+  # suite: those tests then fail, saying why.
+  bash scripts/gvisor.sh || say "gVisor is not usable here: its tests will fail, saying why"
 fi
 exec .venv/bin/pytest "$@"

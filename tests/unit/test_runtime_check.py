@@ -84,7 +84,5 @@ async def test_other_runtimes_take_any_pids_limit() -> None:
 
 
 async def test_an_engine_that_does_not_answer_is_no_reason_to_refuse() -> None:
-    await check_runtime(
-        "runsc", engine(aiodocker.DockerError(500, "down")), run_pids=8
-    )
+    await check_runtime("runsc", engine(aiodocker.DockerError(500, "down")), run_pids=8)
     await check_runtime("runsc", engine(TimeoutError()), run_pids=8)
