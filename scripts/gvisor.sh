@@ -10,25 +10,31 @@
 #     scripts/gvisor.sh --stop-build-engine [SOCKET]
 #
 # The main engine's default runtime stays runc; dockguard uses runsc for its runs with
-# DOCKGUARD_RUNTIME=runsc. `runtimeArgs: ["--network=none"]` is required with dockguard's flags:
-# without it every start fails with "cannot run with network enabled in root network namespace".
+# DOCKGUARD_RUNTIME=runsc. `runtimeArgs: ["--network=none", "--oci-seccomp"]`: the first is
+# required with dockguard's flags (without it every start fails with "cannot run with network
+# enabled in root network namespace"); the second makes runsc apply the container's seccomp
+# profile (the engine's default one) inside gVisor, which it otherwise ignores: without it a run
+# may, e.g., make user namespaces that runc's profile refuses.
 #
 # The build engine (`--build-engine`, default socket /run/dockguard-gvisor/docker.sock) is a
 # second dockerd whose *default* runtime is runsc, so that the classic builder's RUN containers
 # (POST /build takes no runtime) run under gVisor too. It has its own socket, data root
-# (/var/lib/dockguard-gvisor-docker), exec root, pidfile, config file and supervised containerd,
+# (/var/lib/<the socket's directory name>-docker: /var/lib/dockguard-gvisor-docker by default),
+# exec root, pidfile, config file and supervised containerd,
 # its own network namespace (only loopback) and no networking of its own (`bridge: none`, no
 # iptables): its builds need `--network none` (DOCKGUARD_BUILD_NETWORK=none). Its images are its own: load a base with
 # `docker save busybox:latest | docker -H unix://SOCKET load`. It is started in the background
 # (log: /var/log/dockguard-gvisor-dockerd.log) and keeps running until --stop-build-engine.
 set -euo pipefail
 
-RUNTIME_ARGS='["--network=none"]'
+RUNTIME_ARGS='["--network=none", "--oci-seccomp"]'
+# gVisor's kernel says who it is in /proc/version (a fixed Linux 4.4.0 release string; `dmesg`
+# would say "Starting gVisor", but the engine's seccomp profile refuses syslog(2) to a run).
+GVISOR_VERSION='Linux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016'
 RUNSC=/usr/bin/runsc
 CHECK_IMAGE=busybox:latest
 LABEL=dockguard.bench=gvisor  # on every container this creates (all are --rm)
 BUILD_SOCKET_DEFAULT=/run/dockguard-gvisor/docker.sock
-BUILD_DATA_ROOT=/var/lib/dockguard-gvisor-docker
 BUILD_LOG=/var/log/dockguard-gvisor-dockerd.log
 
 say() { echo "gvisor: $*" >&2; }
@@ -64,10 +70,9 @@ main_dockerd_pid() {
     pid=$(cat /var/run/docker.pid)
     [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] && { echo "$pid"; return; }
   fi
-  local build_pid=""
-  [ -r /run/dockguard-gvisor/docker.pid ] && build_pid=$(cat /run/dockguard-gvisor/docker.pid)
+  # A build engine runs in a network namespace of its own: the main one is in the host's.
   for pid in $(pidof dockerd); do
-    [ "$pid" != "$build_pid" ] && { echo "$pid"; return; }
+    [ "$(readlink "/proc/$pid/ns/net")" = "$(readlink /proc/1/ns/net)" ] && { echo "$pid"; return; }
   done
   die "no dockerd process on this machine (the engine must run here to register a runtime)"
 }
@@ -186,7 +191,8 @@ register_runtime() {
       "error such as a conflict with a --add-runtime flag, or invalid JSON)"
 }
 
-# A trivial container with dockguard's run flags must say it runs on gVisor's kernel.
+# A trivial container with dockguard's run flags must say it runs on gVisor's kernel, under the
+# engine's seccomp profile (mode 2: a filter).
 check_run() {
   local out
   docker "$@" image inspect "$CHECK_IMAGE" >/dev/null 2>&1 \
@@ -195,40 +201,71 @@ check_run() {
     || die "the engine (${*:-main}) has no runtime runsc with path $RUNSC and $RUNTIME_ARGS" \
            "(run $0 without --check to register it)"
   if ! out=$(timeout 60 docker "$@" run --rm --label "$LABEL" --runtime=runsc --network none \
-      --read-only --cap-drop ALL --security-opt no-new-privileges -u 1000 "$CHECK_IMAGE" dmesg 2>&1); then
+      --read-only --cap-drop ALL --security-opt no-new-privileges -u 1000 "$CHECK_IMAGE" \
+      sh -c 'cat /proc/version; grep "^Seccomp:" /proc/self/status' 2>&1); then
     die "a runsc container did not run: ${out:0:800}"
   fi
-  grep -q gVisor <<<"$out" || die "the container ran but its dmesg does not say gVisor: ${out:0:300}"
-  say "ok: a container with dockguard's run flags runs under gVisor ($(grep -m1 gVisor <<<"$out" | tr -s ' '))"
+  grep -qF "$GVISOR_VERSION" <<<"$out" \
+    || die "the container ran but its /proc/version is not gVisor's: ${out:0:300}"
+  grep -qE '^Seccomp:[[:space:]]+2$' <<<"$out" \
+    || die "the container runs without a seccomp filter under gVisor: ${out:0:300}"
+  say "ok: a container with dockguard's run flags runs under gVisor, with a seccomp filter" \
+      "($(head -n 1 <<<"$out"))"
 }
 
 # --- the build engine ----------------------------------------------------------------------------
 
 build_dir() { dirname "$build_socket"; }
+# One data root per build engine: two dockerds on one data root would corrupt it.
+build_data_root() { echo "/var/lib/$(basename "$(build_dir)")-docker"; }
+
+# The build engine's directory holds its socket, pidfile and config, written as root: it must be
+# root's own and not writable by anyone else, and must not be the main engine's.
+check_build_dir() {
+  local dir
+  dir=$(build_dir)
+  case "$dir" in
+    /var/run|/run|/var/run/docker|/run/docker|/etc/docker|/)
+      die "$dir is not a directory for the build engine: give its socket a directory of its" \
+          "own (default $(dirname "$BUILD_SOCKET_DEFAULT"))" ;;
+  esac
+  if [ -e "$dir" ]; then
+    [ -d "$dir" ] && [ ! -L "$dir" ] || die "$dir is not a directory"
+    [ "$(stat -c %u "$dir")" = 0 ] || die "$dir is not owned by root"
+    [ $(( 0$(stat -c %a "$dir") & 022 )) = 0 ] || die "$dir is writable by others than root"
+  fi
+}
 
 build_engine_pid() {
   local pidfile pid
   pidfile="$(build_dir)/docker.pid"
   [ -r "$pidfile" ] || return 1
   pid=$(cat "$pidfile")
-  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] && echo "$pid"
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] || return 1
+  # Only a dockerd started with this engine's config file: never the main engine.
+  tr '\0' '\n' <"/proc/$pid/cmdline" | grep -qxF "$(build_dir)/daemon.json" || return 1
+  echo "$pid"
 }
 
 start_build_engine() {
   need_root "the build engine"
-  local dir config pid host
+  check_build_dir
+  local dir config pid host data_root
   dir=$(build_dir)
+  data_root=$(build_data_root)
   host="unix://$build_socket"
   if pid=$(build_engine_pid) && docker -H "$host" info >/dev/null 2>&1; then
     say "the build engine is already running (pid $pid, $host)"
   else
-    mkdir -p "$dir" "$BUILD_DATA_ROOT"
+    mkdir -p -m 0755 "$dir" "$data_root"
     config="$dir/daemon.json"
+    rm -f "$config"  # written anew below (never through a link someone left there)
     # Everything in its own file: it must not read the main engine's /etc/docker/daemon.json
     # (which would also set the main engine's data root, hosts…).
-    python3 - "$config" "$RUNSC" "$RUNTIME_ARGS" "$host" "$dir" "$BUILD_DATA_ROOT" <<'PY'
-import json, sys
+    python3 - "$config" "$RUNSC" "$RUNTIME_ARGS" "$host" "$dir" "$data_root" <<'PY'
+import json, os, sys
 path, runsc, args, host, run_dir, data_root = sys.argv[1:]
+config = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "w")
 json.dump({
     "hosts": [host],
     "data-root": data_root,
@@ -244,7 +281,8 @@ json.dump({
     "ip-masq": False,
     "storage-driver": "overlay2",
     "cgroup-parent": "/dockguard-gvisor",
-}, open(path, "w"), indent=2)
+}, config, indent=2)
+config.close()
 PY
     say "starting the build engine on $host in its own network namespace (log: $BUILD_LOG)"
     # Its own network namespace: a dockerd with `bridge: none` deletes any `docker0` in its
@@ -269,13 +307,13 @@ PY
   # The classic builder (DOCKER_BUILDKIT=0, as dockguard's POST /build) runs RUN under the
   # engine's default runtime: the step must see gVisor's kernel.
   local out tag="dockguard-gvisor-check:$$"
-  if ! out=$(printf 'FROM %s\nLABEL %s\nRUN dmesg | grep -i gvisor\n' "$CHECK_IMAGE" "$LABEL" \
+  if ! out=$(printf 'FROM %s\nLABEL %s\nRUN grep -F "%s" /proc/version\n' "$CHECK_IMAGE" "$LABEL" "$GVISOR_VERSION" \
       | DOCKER_BUILDKIT=0 timeout 120 docker -H "$host" build --network none --no-cache \
         --force-rm -t "$tag" - 2>&1); then
     die "a RUN step on the build engine failed: ${out: -800}"
   fi
   docker -H "$host" rmi "$tag" >/dev/null
-  say "ok: the build engine's RUN steps run under gVisor ($(grep -i gvisor <<<"$out" | grep -v '^Step' | head -1 | tr -s ' '))"
+  say "ok: the build engine's RUN steps run under gVisor"
   say "build engine ready: DOCKER_HOST=$host (pid $(build_engine_pid)); stop it with" \
       "$0 --stop-build-engine $build_socket"
 }
@@ -287,7 +325,7 @@ stop_build_engine() {
     say "no build engine running for $build_socket"
     return
   fi
-  say "stopping the build engine (pid $pid); its data root $BUILD_DATA_ROOT is kept"
+  say "stopping the build engine (pid $pid); its data root $(build_data_root) is kept"
   kill -TERM "$pid"
   for _ in $(seq 60); do
     [ -e "/proc/$pid" ] || { say "stopped"; return; }

@@ -108,17 +108,15 @@ def serve(
 
 
 def _check_runtime(settings: Settings) -> None:
-    """Refuse to start (exit 2) when the engine answers without DOCKGUARD_RUNTIME, or with a
-    gVisor runtime and too few DOCKGUARD_RUN_PIDS for it."""
-    if settings.runtime is None:
-        return
+    """Refuse to start (exit 2) when the engine answers without DOCKGUARD_RUNTIME, or runs would
+    be under gVisor with too few DOCKGUARD_RUN_PIDS for it (services.check_runtime)."""
     from dockguard.sandbox import connect
     from dockguard.services import RuntimeUnavailable, check_runtime
 
     async def check() -> None:
         docker = connect(settings.docker_url, settings.docker_timeout_s)
         try:
-            await check_runtime(settings.runtime, docker, run_pids=settings.run_pids)
+            await check_runtime(settings.runtime, docker, run_pids=settings.run_pids, warn=False)
         finally:
             await docker.close()
 

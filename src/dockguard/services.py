@@ -225,32 +225,53 @@ def is_gvisor(runtime: str, entry: object) -> bool:
     return posixpath.basename(str(path or runtime)).startswith("runsc")
 
 
-async def check_runtime(runtime: str | None, docker: aiodocker.Docker, *, run_pids: int) -> None:
-    """At start: the engine must list DOCKGUARD_RUNTIME, else every run would fail; and under
-    gVisor DOCKGUARD_RUN_PIDS must leave room for gVisor's own threads. An engine that does not
-    answer now is not a reason to refuse (jobs fail `engine_unavailable` until it is back); one
-    that answers without the runtime is."""
-    if runtime is None:
-        return
+async def check_runtime(
+    runtime: str | None, docker: aiodocker.Docker, *, run_pids: int, warn: bool = True
+) -> None:
+    """At start: the engine must list DOCKGUARD_RUNTIME, else every run would fail; and when runs
+    are under gVisor (DOCKGUARD_RUNTIME, or unset, the engine's default) DOCKGUARD_RUN_PIDS must
+    leave room for gVisor's own threads. An engine that does not answer now is not a reason to
+    refuse (jobs fail `engine_unavailable` until it is back); one that answers without the
+    runtime is. `warn`: log what is allowed but worth knowing (the caller that starts the
+    service does; a pre-check before it does not, so that nothing is said twice)."""
     try:
         info = await docker.system.info()
     except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        log.warning("runtime not checked: the engine did not answer", extra={"why": repr(exc)})
+        if warn and runtime is not None:
+            log.warning("runtime not checked: the engine did not answer", extra={"why": repr(exc)})
         return
     runtimes = info.get("Runtimes") or {}
-    if runtime not in runtimes:
+    default = str(info.get("DefaultRuntime") or "runc")
+    if runtime is not None and runtime not in runtimes:
         raise RuntimeUnavailable(
             f"DOCKGUARD_RUNTIME={runtime} is not a runtime of the Docker Engine (it has: "
             f"{', '.join(sorted(runtimes)) or 'none'}); register it (scripts/gvisor.sh for runsc) "
             "or unset it"
         )
-    if is_gvisor(runtime, runtimes[runtime]) and run_pids < GVISOR_MIN_RUN_PIDS:
-        raise RuntimeUnavailable(
-            f"DOCKGUARD_RUN_PIDS={run_pids} is too few under gVisor (DOCKGUARD_RUNTIME={runtime}): "
-            "its own threads count in the limit, and a run's shell would soon fail to fork; "
-            f"set it to {GVISOR_MIN_RUN_PIDS} or more"
+    runs = runtime or default
+    if is_gvisor(runs, runtimes.get(runs)) and run_pids < GVISOR_MIN_RUN_PIDS:
+        which = (
+            f"DOCKGUARD_RUNTIME={runtime}" if runtime else f"the engine's default runtime, {runs}"
         )
-    log.info("runtime checked", extra={"runtime": runtime})
+        raise RuntimeUnavailable(
+            f"DOCKGUARD_RUN_PIDS={run_pids} is too few under gVisor ({which}): its own threads "
+            f"count in the limit, and a run's shell would soon fail to fork; set it to "
+            f"{GVISOR_MIN_RUN_PIDS} or more"
+        )
+    if (
+        warn
+        and is_gvisor(runs, runtimes.get(runs))
+        and not is_gvisor(default, runtimes.get(default))
+    ):
+        log.warning(
+            f"DOCKGUARD_RUNTIME={runs} puts runs under gVisor, but builds take the engine's "
+            f"default runtime, {default}: RUN steps, as root, share the host's kernel. An engine "
+            "whose default runtime is runsc puts them under gVisor too (scripts/gvisor.sh "
+            "--build-engine; README, gVisor: a second wall)",
+            extra={"runtime": runs, "build_runtime": default},
+        )
+    if runtime is not None:
+        log.info("runtime checked", extra={"runtime": runtime})
 
 
 @dataclass

@@ -419,6 +419,11 @@ NAMESPACES = probe(
                 "processes": "$(ls /proc | grep -c '^[0-9]')",
                 "mount": status("mount -t tmpfs none /tmp"),
                 "unshare_user": status("unshare -r true"),
+                # unshare(CLONE_NEWUSER) itself: the seccomp profile's to refuse, under gVisor
+                # too (runsc applies it only with --oci-seccomp: scripts/gvisor.sh sets it)
+                "unshare_user_only": status("unshare -U true"),
+                "unshare_net": status("unshare -n true"),
+                "seccomp": "$(grep '^Seccomp:' /proc/self/status | tr -cd 0-9)",
                 "unshare_mount": status("unshare -m true"),
                 "nsenter": status("nsenter -t 1 -m -p true"),
                 "proc_mem": status("head -c 1 /proc/1/mem"),
@@ -435,6 +440,7 @@ async def test_mount_unshare_ptrace_fail(probes: dict[str, dict[str, Any]]) -> N
     statuses = dict(job["result"]["data"])
     assert statuses.pop("perf") == 1
     assert statuses.pop("processes") <= 8  # a private PID namespace: the probe's own only
+    assert statuses.pop("seccomp") == 2  # a seccomp filter: the engine's default profile
     assert all(status != 0 for status in statuses.values()), statuses
 
 

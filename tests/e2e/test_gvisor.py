@@ -1,7 +1,7 @@
 """DOCKGUARD_RUNTIME=runsc: a job's run container is under gVisor, as seen from inside it (its
-kernel log is gVisor's), the job records the runtime, /readyz reports which runtime runs and
-builds get, and a runtime the engine does not know, or gVisor with too few pids for its own
-threads, stops dockguard at start (exit 2).
+/proc/version is gVisor's kernel's, under a seccomp filter), the job records the runtime,
+/readyz reports which runtime runs and builds get, and a runtime the engine does not know, or
+gVisor with too few pids for its own threads, stops dockguard at start (exit 2).
 
 scripts/test.sh registers runsc with the engine (scripts/gvisor.sh) first. A machine that cannot
 run gVisor fails these tests with the reason: they are never skipped."""
@@ -21,12 +21,16 @@ from tests.e2e.conftest import Instances, assert_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The run writes its kernel's first log line into perf.json: gVisor's says "Starting gVisor".
+# The run writes its kernel's /proc/version and its seccomp mode into perf.json. gVisor's kernel
+# reports a fixed Linux 4.4.0 version (`dmesg` would say "Starting gVisor", but the engine's
+# seccomp profile, which runsc applies with --oci-seccomp, refuses syslog(2) to a run).
+GVISOR_VERSION = "Linux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016"
 KERNEL_PROBE = """\
 FROM busybox:latest
 USER 1000
-CMD k=$(dmesg 2>&1 | head -n 1 | tr -cd 'A-Za-z0-9 .[]'); \\
-    printf '{"perf": 1, "kernel": "%s"}' "$k" > /data/perf.json
+CMD printf '{"perf": 1, "kernel": "%s", "seccomp": %s}' \\
+    "$(tr -cd 'A-Za-z0-9 .#:()+-' < /proc/version)" \\
+    "$(grep '^Seccomp:' /proc/self/status | tr -cd 0-9)" > /data/perf.json
 """
 
 
@@ -42,14 +46,18 @@ async def test_a_job_runs_under_gvisor(instances: Instances, docker: aiodocker.D
     dg = await instances.get(runtime="runsc", build_network="none")
     job = await dg.run(KERNEL_PROBE)
     assert job["status"] == "succeeded", json.dumps(job)[:2000]
-    assert "gVisor" in job["result"]["data"]["kernel"], job["result"]
+    assert job["result"]["data"]["kernel"].startswith(GVISOR_VERSION), job["result"]
+    assert job["result"]["data"]["seccomp"] == 2  # the engine's profile holds inside gVisor
     assert job["run"]["limits"]["runtime"] == "runsc"
     await assert_gone(docker, job)
 
-    # and the same Dockerfile under the engine's default runtime is not
+    # and the same Dockerfile under the engine's default runtime sees this machine's kernel
     plain = await (await instances.get(build_network="none")).run(KERNEL_PROBE)
     assert plain["status"] == "succeeded", json.dumps(plain)[:2000]
-    assert "gVisor" not in plain["result"]["data"]["kernel"]
+    host = Path("/proc/version").read_text().split(" (")[0]  # "Linux version <release>"
+    assert plain["result"]["data"]["kernel"].startswith(host), (host, plain["result"])
+    assert not plain["result"]["data"]["kernel"].startswith(GVISOR_VERSION)
+    assert plain["result"]["data"]["seccomp"] == 2
     assert plain["run"]["limits"]["runtime"] is None
 
 

@@ -9,9 +9,12 @@ here with the reason."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import random
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,7 @@ from tests.e2e.test_adversarial import (
     assert_build_containers_gone,
     building,
 )
+from tests.e2e.test_gvisor import GVISOR_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 # Its own socket, so that an engine someone started by hand on the default one is not stopped.
@@ -40,13 +44,17 @@ PROFILE = {
     "run_memory_mb": 64,
 }
 
-# The first line of the kernel log in a RUN step (kept in the image) and in the run.
+# The kernel's version in a RUN step (kept in the image) and in the run, and each one's seccomp
+# mode: gVisor's kernel reports a fixed Linux 4.4.0 version (test_gvisor.py).
 KERNELS = """\
 FROM busybox:latest
-RUN dmesg 2>&1 | head -n 1 | tr -cd 'A-Za-z0-9 .[]' > /build-kernel
+RUN tr -cd 'A-Za-z0-9 .#:()+-' < /proc/version > /build-kernel && \\
+    grep '^Seccomp:' /proc/self/status | tr -cd 0-9 > /build-seccomp
 USER 1000
-CMD printf '{"perf": 1, "build": "%s", "run": "%s"}' "$(cat /build-kernel)" \\
-    "$(dmesg 2>&1 | head -n 1 | tr -cd 'A-Za-z0-9 .[]')" > /data/perf.json
+CMD printf '{"perf": 1, "build": "%s", "build_seccomp": %s, "run": "%s", "run_seccomp": %s}' \\
+    "$(cat /build-kernel)" "$(cat /build-seccomp)" \\
+    "$(tr -cd 'A-Za-z0-9 .#:()+-' < /proc/version)" \\
+    "$(grep '^Seccomp:' /proc/self/status | tr -cd 0-9)" > /data/perf.json
 """
 
 
@@ -104,7 +112,9 @@ async def test_run_steps_and_the_run_are_under_gvisor(
     job = await dg.run(KERNELS)
     assert job["status"] == "succeeded", json.dumps(job)[:2000]
     data = job["result"]["data"]
-    assert "gVisor" in data["build"] and "gVisor" in data["run"], data
+    assert data["build"].startswith(GVISOR_VERSION), data
+    assert data["run"].startswith(GVISOR_VERSION), data
+    assert (data["build_seccomp"], data["run_seccomp"]) == (2, 2), data  # filtered in gVisor too
     assert job["run"]["limits"]["runtime"] is None  # none asked: the engine's default, runsc
     assert job["build"]["limits"]["network"] == "none"
     assert await leftovers(build_engine, job["id"]) == []
@@ -157,4 +167,26 @@ async def test_a_run_step_has_no_network(dg: Dockguard) -> None:
         """CMD printf '{"perf": 1, "net": "%s"}' "$(cat /net)" > /data/perf.json\n"""
     )
     assert job["status"] == "succeeded", json.dumps(job)[:2000]
-    assert job["result"]["data"]["net"] in ("lo ", ""), job["result"]  # loopback at most
+    assert job["result"]["data"]["net"] == "lo ", job["result"]  # loopback only
+
+
+async def test_too_few_pids_for_the_engines_gvisor_default_stops_the_start(
+    engine: BuildEngine, redis_port: int
+) -> None:
+    env = {
+        **os.environ,
+        "DOCKGUARD_DOCKER_URL": f"unix://{SOCKET}",
+        "DOCKGUARD_RUN_PIDS": "64",  # DOCKGUARD_RUNTIME unset: runs take the engine's runsc
+        "DOCKGUARD_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "DOCKGUARD_WORKER_METRICS_PORT": "0",
+    }
+    env.pop("DOCKGUARD_RUNTIME", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dockguard", "worker", env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        _, err = await proc.communicate()
+    message = err.decode()
+    assert proc.returncode == 2, message[-2000:]
+    assert "DOCKGUARD_RUN_PIDS=64 is too few under gVisor (the engine's default runtime" in message

@@ -5,6 +5,7 @@ against the real engine.)"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 
 import aiodocker
@@ -54,8 +55,37 @@ def test_a_runtime_entry_without_a_path_is_known_by_its_name() -> None:
     assert is_gvisor("runc", None) is False
 
 
-async def test_no_runtime_asks_nothing() -> None:
-    await check_runtime(None, engine(AssertionError("asked")), run_pids=8)
+async def test_no_runtime_and_a_runc_default_take_any_pids_limit() -> None:
+    await check_runtime(None, engine({"Runtimes": RUNTIMES, "DefaultRuntime": "runc"}), run_pids=8)
+
+
+async def test_an_engine_whose_default_is_gvisor_needs_the_floor_too() -> None:
+    docker = engine({"Runtimes": RUNTIMES, "DefaultRuntime": "runsc"})
+    with pytest.raises(RuntimeUnavailable) as raised:
+        await check_runtime(None, docker, run_pids=64)
+    assert (
+        "DOCKGUARD_RUN_PIDS=64 is too few under gVisor (the engine's default runtime, runsc)"
+        in (str(raised.value))
+    )
+    await check_runtime(None, docker, run_pids=GVISOR_MIN_RUN_PIDS)
+    await check_runtime("runc", docker, run_pids=8)  # runs asked under runc: no floor
+
+
+async def test_runs_under_gvisor_with_builds_under_runc_are_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    docker = engine({"Runtimes": RUNTIMES, "DefaultRuntime": "runc"})
+    with caplog.at_level(logging.WARNING, logger="dockguard"):
+        await check_runtime("runsc", docker, run_pids=128)
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "builds take the engine's default runtime, runc" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dockguard"):
+        await check_runtime("runsc", docker, run_pids=128, warn=False)  # the CLI's pre-check
+        gvisor_default = {"Runtimes": RUNTIMES, "DefaultRuntime": "runsc"}
+        await check_runtime("runsc", engine(gvisor_default), run_pids=128)  # builds in gVisor
+        await check_runtime(None, engine(gvisor_default), run_pids=128)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_an_unknown_runtime_is_refused_with_what_the_engine_has() -> None:
