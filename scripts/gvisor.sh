@@ -307,7 +307,8 @@ PY
   # The classic builder (DOCKER_BUILDKIT=0, as dockguard's POST /build) runs RUN under the
   # engine's default runtime: the step must see gVisor's kernel.
   local out tag="dockguard-gvisor-check:$$"
-  if ! out=$(printf 'FROM %s\nLABEL %s\nRUN grep -F "%s" /proc/version\n' "$CHECK_IMAGE" "$LABEL" "$GVISOR_VERSION" \
+  if ! out=$(printf 'FROM %s\nLABEL %s\nRUN grep -F "%s" /proc/version\n' \
+        "$CHECK_IMAGE" "$LABEL" "$GVISOR_VERSION" \
       | DOCKER_BUILDKIT=0 timeout 120 docker -H "$host" build --network none --no-cache \
         --force-rm -t "$tag" - 2>&1); then
     die "a RUN step on the build engine failed: ${out: -800}"
