@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console", "text"] = "json"
     otel_endpoint: str | None = None  # OTLP/HTTP collector, e.g. http://127.0.0.1:4318; None: off
     cors_origins: CommaList = []  # browser origins allowed to call the API; empty: CORS off
+    # Checks /readyz leaves out of its verdict as if `?exclude=` named them: `docker` for an API
+    # given no engine socket (compose.yaml's), `workers` where workers scale to zero.
+    readyz_exclude: Annotated[list[Literal["docker", "workers"]], NoDecode] = []
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -235,6 +238,13 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip().upper() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("readyz_exclude", mode="before")
+    @classmethod
+    def _split_checks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip().lower() for item in value.split(",") if item.strip()]
         return value
 
     @field_validator("allowed_base_images", "build_pull_allow", mode="before")

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -94,6 +95,30 @@ async def test_excluded_checks_are_reported_but_do_not_decide(instances: Instanc
         answer = await api_only.client.get("/readyz", params={"exclude": wrong})
         assert answer.status_code == 422, answer.text  # as every invalid query parameter
         assert answer.json()["code"] == "request_invalid"
+
+
+async def test_an_api_with_no_engine_excludes_its_check_by_setting(instances: Instances) -> None:
+    """DOCKGUARD_READYZ_EXCLUDE=docker (compose.yaml's API, which has no socket): the engine is
+    never asked, every request's verdict leaves it out, and the workers still decide."""
+    settings: dict[str, Any] = {
+        "docker_url": "unix:///nonexistent/dockguard-test/docker.sock",
+        "readyz_exclude": ["docker"],
+    }
+    no_engine = await instances.get(**settings)
+    answer = await no_engine.client.get("/readyz")
+    body = answer.json()
+    assert answer.status_code == 200 and body["status"] == "ready", body
+    assert body["checks"]["docker"] == "not_checked" and body["excluded"] == ["docker"]
+    assert body["runtime"] == {"run": None, "build": None}  # no engine was asked
+    answer = await no_engine.client.get("/readyz", params={"exclude": "workers"})
+    assert answer.json()["excluded"] == ["docker", "workers"]  # the request's, added
+    await instances.stop(**settings)  # its worker's engine is not there: no more watchdog rounds
+    # Without the setting, the engine that is not there fails the check.
+    failing = await instances.get(
+        docker_url="unix:///nonexistent/dockguard-test/docker.sock", run_worker=False
+    )
+    answer = await failing.client.get("/readyz")
+    assert answer.status_code == 503 and answer.json()["checks"]["docker"] == "failed", answer.text
 
 
 async def test_redis_down_is_not_ready_and_back_is_ready_again(

@@ -99,6 +99,17 @@ def test_the_socket_mount_says_what_it_risks() -> None:
     assert "`:ro`" in text[:first_mount]  # and why a read-only mount does not help
 
 
+def test_only_the_workers_hold_the_engine_socket(services: dict[str, dict[str, Any]]) -> None:
+    """The API parses clients' requests: it gets no socket (root on the engine host) and no
+    docker group, and its /readyz leaves the engine check out instead of failing it."""
+    socket = "/var/run/docker.sock:/var/run/docker.sock"
+    holders = {name for name, s in services.items() if socket in s.get("volumes", [])}
+    assert holders == {"worker"}
+    assert services["api"]["group_add"] == []
+    assert services["api"]["environment"]["DOCKGUARD_READYZ_EXCLUDE"] == "docker"
+    assert services["api"]["environment"]["DOCKGUARD_REDIS_URL"] == "redis://redis:6379/0"
+
+
 def test_the_workers_drain_within_the_grace(services: dict[str, dict[str, Any]]) -> None:
     """Compose waits stop_grace_period before SIGKILL: a worker's grace for its running jobs,
     then its drain, must fit in it; the API's grace too."""

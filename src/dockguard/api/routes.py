@@ -502,7 +502,8 @@ _CHECK_TIMEOUT_S = 3.0
         "of the verdict, the way Kubernetes' own `/readyz?exclude=` does: an API with no engine "
         "socket whose workers scale to zero probes `/readyz?exclude=docker&exclude=workers` "
         "(ready when it can store jobs). An excluded `docker` is not even tried (`not_checked`); "
-        "the workers are still counted."
+        "the workers are still counted. DOCKGUARD_READYZ_EXCLUDE (e.g. `docker`) excludes "
+        "checks from every request's verdict."
     ),
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "Not ready: the checks say why."}},
@@ -514,7 +515,7 @@ async def readyz(
         Query(description="A check to leave out of the verdict; repeat for several."),
     ] = None,
 ) -> JSONResponse:
-    excluded = sorted(set(exclude or ()))
+    excluded = sorted({*services.settings.readyz_exclude, *(exclude or ())})
     check_docker = "docker" not in excluded
     engine: list[EngineRuntimes] = []  # what the engine said, when it was asked and answered
     redis_ok, docker_ok = await asyncio.gather(

@@ -45,10 +45,22 @@ _BUILD_QUIET_S = 1.0  # an interrupted build's first step container could still 
 _CONNECT_TIMEOUT_S = 10
 
 
+# Where the engine is when neither DOCKGUARD_DOCKER_URL nor DOCKER_HOST says.
+DEFAULT_ENGINE_URL = "unix:///var/run/docker.sock"
+
+
 def connect(url: str | None, timeout_s: float) -> aiodocker.Docker:
-    """A client whose every call times out after `timeout_s` unless the call says otherwise."""
+    """A client whose every call times out after `timeout_s` unless the call says otherwise.
+    With no URL, DOCKER_HOST's or the local socket; when there is neither (an API given no
+    socket, an engine not up yet), still a client of the default socket: its calls fail as an
+    engine that does not answer, instead of the process failing to start."""
     timeout = aiohttp.ClientTimeout(total=timeout_s, connect=_CONNECT_TIMEOUT_S)
-    return aiodocker.Docker(url=url, timeout=timeout)
+    try:
+        return aiodocker.Docker(url=url, timeout=timeout)
+    except (ValueError, AssertionError):  # aiodocker: no DOCKER_HOST, no context, no socket
+        if url is not None:
+            raise
+        return aiodocker.Docker(url=DEFAULT_ENGINE_URL, timeout=timeout)
 
 
 @dataclass
