@@ -52,7 +52,10 @@ def _settings() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
+            # A check of several settings together (no `loc`) names them in its message.
             f"DOCKGUARD_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         typer.echo(f"dockguard: invalid configuration: {problems}", err=True)

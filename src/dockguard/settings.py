@@ -25,6 +25,13 @@ class Severity(StrEnum):
 
 
 CommaList = Annotated[list[str], NoDecode]
+# Values this repository publishes as examples (EXAMPLE_SECRETS_FILE): refused at start.
+EXAMPLE_SECRETS_FILE = "deploy/k8s/overlays/single-node/example-secrets.env"
+EXAMPLE_SECRETS = {
+    "DOCKGUARD_ENCRYPTION_KEY": {"RVhBTVBMRS1PTkxZLW5vdC1hLXNlY3JldC1rZXkhISE="},
+    "DOCKGUARD_CALLBACK_SECRET": {"example-callback-secret"},
+    "redis password": {"example-redis-password"},
+}
 _PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}\Z")
 _ORIGIN = re.compile(r"^https?://[^\s/?#@]+\Z")
 
@@ -212,6 +219,31 @@ class Settings(BaseSettings):
                     "bytes; make one with Fernet.generate_key() from the cryptography package)"
                 ) from None
         return value
+
+    @model_validator(mode="after")
+    def _no_example_secrets(self) -> Settings:
+        """The single-node Kubernetes overlay's example secrets, deployed as they are, would
+        protect nothing: everyone can read them in this repository."""
+        found = []
+        if self.encryption_key is not None:
+            keys = {key.strip() for key in self.encryption_key.get_secret_value().split(",")}
+            if keys & EXAMPLE_SECRETS["DOCKGUARD_ENCRYPTION_KEY"]:
+                found.append("DOCKGUARD_ENCRYPTION_KEY")
+        secret = self.callback_secret.get_secret_value() if self.callback_secret else ""
+        if secret in EXAMPLE_SECRETS["DOCKGUARD_CALLBACK_SECRET"]:
+            found.append("DOCKGUARD_CALLBACK_SECRET")
+        for name, url in (
+            ("DOCKGUARD_REDIS_URL", self.redis_url),
+            ("DOCKGUARD_DOCKERFILE_REDIS_URL", self.dockerfile_redis_url),
+        ):
+            if url and any(f":{word}@" in url for word in EXAMPLE_SECRETS["redis password"]):
+                found.append(f"{name} (its password)")
+        if found:
+            raise ValueError(
+                f"{', '.join(found)}: the example value of {EXAMPLE_SECRETS_FILE}, public in "
+                "dockguard's repository; make your own (README, Deploying)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _container_backend_pinned(self) -> Settings:
