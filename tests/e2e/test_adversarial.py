@@ -629,9 +629,15 @@ async def test_endless_runs_are_killed_at_the_timeout(
 async def test_endless_builds_are_stopped_at_the_timeout(
     builder: Dockguard, docker: aiodocker.Docker
 ) -> None:
+    await assert_endless_builds_stopped(builder, docker)
+
+
+async def assert_endless_builds_stopped(instance: Dockguard, docker: aiodocker.Docker) -> None:
+    """A busy loop and a sleep in RUN steps, beside a benign job: each ends `build_timeout`, and
+    nothing of it (its RUN containers included) is left in `docker`, the engine that built it."""
     marker = f"{random.getrandbits(32):08x}"
     jobs = await alongside_benign(
-        builder,
+        instance,
         building(f"echo {marker}-loop && while :; do :; done"),
         building(f"echo {marker}-sleep && sleep 1000"),
     )

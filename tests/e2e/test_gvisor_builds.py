@@ -27,6 +27,7 @@ from tests.e2e.conftest import Dockguard, Instances, assert_failed, leftovers
 from tests.e2e.test_adversarial import (
     alongside_benign,
     assert_build_containers_gone,
+    assert_endless_builds_stopped,
     building,
 )
 from tests.e2e.test_gvisor import GVISOR_VERSION
@@ -147,18 +148,7 @@ async def test_memory_hog_in_a_run_step(dg: Dockguard, build_engine: aiodocker.D
 async def test_endless_run_steps_are_stopped_at_the_timeout(
     dg: Dockguard, build_engine: aiodocker.Docker
 ) -> None:
-    marker = f"{random.getrandbits(32):08x}"
-    jobs = await alongside_benign(
-        dg,
-        building(f"echo {marker}-loop && while :; do :; done"),
-        building(f"echo {marker}-sleep && sleep 1000"),
-    )
-    for job in jobs:
-        assert_failed(job, "build_timeout")
-        assert job["run"] is None
-    await assert_build_containers_gone(build_engine, marker)
-    for job in jobs:
-        assert await leftovers(build_engine, job["id"]) == []
+    await assert_endless_builds_stopped(dg, build_engine)
 
 
 async def test_a_run_step_has_no_network(dg: Dockguard) -> None:
