@@ -249,7 +249,8 @@ async def check_runtime(
             "or unset it"
         )
     runs = runtime or default
-    if is_gvisor(runs, runtimes.get(runs)) and run_pids < GVISOR_MIN_RUN_PIDS:
+    runs_gvisor = is_gvisor(runs, runtimes.get(runs))
+    if runs_gvisor and run_pids < GVISOR_MIN_RUN_PIDS:
         which = (
             f"DOCKGUARD_RUNTIME={runtime}" if runtime else f"the engine's default runtime, {runs}"
         )
@@ -258,11 +259,7 @@ async def check_runtime(
             f"count in the limit, and a run's shell would soon fail to fork; set it to "
             f"{GVISOR_MIN_RUN_PIDS} or more"
         )
-    if (
-        warn
-        and is_gvisor(runs, runtimes.get(runs))
-        and not is_gvisor(default, runtimes.get(default))
-    ):
+    if warn and runs_gvisor and not is_gvisor(default, runtimes.get(default)):
         log.warning(
             f"DOCKGUARD_RUNTIME={runs} puts runs under gVisor, but builds take the engine's "
             f"default runtime, {default}: RUN steps, as root, share the host's kernel. An engine "

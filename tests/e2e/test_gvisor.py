@@ -93,19 +93,23 @@ async def test_a_runtime_nothing_could_run_under_stops_the_start(
     command: list[str], case: str, redis_port: int
 ) -> None:
     settings, expected = REFUSED[case]
-    env = {
-        **os.environ,
-        **settings,
-        "DOCKGUARD_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "DOCKGUARD_WORKER_METRICS_PORT": "0",
-    }
+    message = await refused_start(command, settings, redis_port)
+    assert expected in message, message[-2000:]
+
+
+async def refused_start(command: list[str], settings: dict[str, str], redis_port: int) -> str:
+    """What `dockguard <command>` with these settings prints as it refuses to start (exit 2)."""
+    env = {name: value for name, value in os.environ.items() if name != "DOCKGUARD_RUNTIME"}
+    env.update(settings)  # the runtime, if any, is the case's own
+    env["DOCKGUARD_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    env["DOCKGUARD_WORKER_METRICS_PORT"] = "0"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dockguard", *command, env=env, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with asyncio.timeout(60):
         _, err = await proc.communicate()
-    assert proc.returncode == 2, err.decode()[-2000:]
     message = err.decode()
-    assert expected in message, message[-2000:]
+    assert proc.returncode == 2, message[-2000:]
     assert "Traceback" not in message
+    return message

@@ -9,12 +9,9 @@ here with the reason."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import random
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +27,7 @@ from tests.e2e.test_adversarial import (
     assert_endless_builds_stopped,
     building,
 )
-from tests.e2e.test_gvisor import GVISOR_VERSION
+from tests.e2e.test_gvisor import GVISOR_VERSION, refused_start
 
 ROOT = Path(__file__).resolve().parents[2]
 # Its own socket, so that an engine someone started by hand on the default one is not stopped.
@@ -163,20 +160,7 @@ async def test_a_run_step_has_no_network(dg: Dockguard) -> None:
 async def test_too_few_pids_for_the_engines_gvisor_default_stops_the_start(
     engine: BuildEngine, redis_port: int
 ) -> None:
-    env = {
-        **os.environ,
-        "DOCKGUARD_DOCKER_URL": f"unix://{SOCKET}",
-        "DOCKGUARD_RUN_PIDS": "64",  # DOCKGUARD_RUNTIME unset: runs take the engine's runsc
-        "DOCKGUARD_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "DOCKGUARD_WORKER_METRICS_PORT": "0",
-    }
-    env.pop("DOCKGUARD_RUNTIME", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dockguard", "worker", env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    async with asyncio.timeout(60):
-        _, err = await proc.communicate()
-    message = err.decode()
-    assert proc.returncode == 2, message[-2000:]
+    # DOCKGUARD_RUNTIME unset: runs take the engine's default, runsc
+    settings = {"DOCKGUARD_DOCKER_URL": f"unix://{SOCKET}", "DOCKGUARD_RUN_PIDS": "64"}
+    message = await refused_start(["worker"], settings, redis_port)
     assert "DOCKGUARD_RUN_PIDS=64 is too few under gVisor (the engine's default runtime" in message
