@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -89,10 +90,13 @@ def serve(
     settings = _settings()
     _check_runtime(settings)
     processes = settings.api_workers if workers is None else workers
-    if problem := serve_problem(settings, processes=processes, run_worker=worker):
-        raise typer.BadParameter(problem)
     host_ = host or settings.host
     port_ = settings.port if port is None else port
+    # DOCKGUARD_API_METRICS_PORT listens where the API does.
+    settings = settings.model_copy(update={"host": host_})
+    if problem := serve_problem(settings, processes=processes, run_worker=worker, port=port_):
+        raise typer.BadParameter(problem)
+    _check_metrics_port(settings, shared=processes > 1)
     if processes > 1:
         _serve_processes(settings, host_, port_, processes)
         return
@@ -130,8 +134,31 @@ def _check_runtime(settings: Settings) -> None:
         raise typer.Exit(2) from None
 
 
-def serve_problem(settings: Settings, *, processes: int, run_worker: bool) -> str | None:
-    """Why `serve` cannot start with these options, or None."""
+def _check_metrics_port(settings: Settings, *, shared: bool) -> None:
+    """Refuse to start (exit 2) when DOCKGUARD_API_METRICS_PORT cannot be listened on."""
+    from dockguard.api.metrics_port import MetricsPortUnavailable, check_port
+
+    if not settings.api_metrics_port:
+        return
+    try:
+        check_port(settings.host, settings.api_metrics_port, shared=shared)
+    except MetricsPortUnavailable as exc:
+        typer.echo(
+            f"dockguard: {exc}; set DOCKGUARD_API_METRICS_PORT to a free port, or 0 for none",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+
+
+def serve_problem(
+    settings: Settings, *, processes: int, run_worker: bool, port: int | None = None
+) -> str | None:
+    """Why `serve` cannot start with these options (`port`: the API's), or None."""
+    if settings.api_metrics_port and settings.api_metrics_port == port:
+        return (
+            f"DOCKGUARD_API_METRICS_PORT={port} is the API's own port: give the metrics another "
+            "one, or 0 for none"
+        )
     if processes > 1 and run_worker:
         # One worker per API process would tie job capacity (and each host's sandboxes) to the
         # HTTP processes, and make every API stop wait for jobs: workers scale on their own.
@@ -167,6 +194,7 @@ def _serve_processes(settings: Settings, host: str, port: int, processes: int) -
     from dockguard.api.server import APP_FACTORY, uvicorn_options
 
     options = uvicorn_options(settings)
+    os.environ["DOCKGUARD_HOST"] = host  # each process's settings: where it listens (metrics too)
     with metrics.shared_between_processes():
         uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=processes, **options)
 

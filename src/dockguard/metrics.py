@@ -174,6 +174,11 @@ def shared_between_processes() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def in_several_processes() -> bool:
+    """Is this one of several API processes sharing their metrics (`serve --workers N`)?"""
+    return _MULTIPROC_DIR is not None
+
+
 def process_exiting() -> None:
     """An API process sharing its metrics ends: its live gauges stop counting (its counters
     stay in the sums, as a counter must)."""

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # hands them back to the queue; their cleanup then takes up to 120 s more (jobs/worker.py).
     worker_shutdown_grace_s: float = Field(60.0, ge=0)
     worker_metrics_port: int = Field(9101, ge=0, le=65535)  # `dockguard worker`'s /metrics; 0: off
+    # The API's /metrics also on this port (on DOCKGUARD_HOST), alone: what a network policy opens
+    # to Prometheus instead of the whole API (api/metrics_port.py). 0: only on the API's port.
+    api_metrics_port: int = Field(0, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "text"] = "json"
     otel_endpoint: str | None = None  # OTLP/HTTP collector, e.g. http://127.0.0.1:4318; None: off

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from dockguard.store.workers import Heartbeats
-from tests.e2e.conftest import WORKER_DB, Dockguard, _free_socket
+from tests.e2e.conftest import WORKER_DB, Dockguard, Instances, _free_socket
 
 FAMILIES = {
     "dockguard_http_requests": "counter",
@@ -150,3 +150,54 @@ async def test_a_standalone_worker_serves_its_metrics_and_beats(
         assert await Heartbeats(redis).alive() == 0  # a clean stop forgets it at once
     finally:
         await redis.aclose()
+
+
+async def test_the_api_metrics_port_serves_the_metrics_and_nothing_else(
+    instances: Instances,
+) -> None:
+    with _free_socket() as sock:
+        port = sock.getsockname()[1]
+    dg = await instances.get(api_metrics_port=port, run_worker=False)
+    queued = await dg.submit(HAPPY)  # no worker here: it stays in the queue
+    assert queued.status_code == 202, queued.text
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as side:
+        answer = await side.get("/metrics")
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+        found = samples(answer.text)
+        assert {f.name for f in text_string_to_metric_families(answer.text)} >= set(FAMILIES)
+        # The same metrics as the API's port, the gauges read from Redis at the scrape.
+        depth = value(found, "dockguard_queue_depth")
+        assert depth >= 1
+        assert value(samples(await scrape(dg)), "dockguard_queue_depth") == depth
+        # Nothing of the API: a client let through to this port can only scrape.
+        job_path = f"/v1/jobs/{queued.json()['id']}"
+        for path in ("/v1/jobs", job_path, "/healthz", "/readyz", "/docs", "/openapi.json"):
+            assert (await side.get(path)).status_code == 404, path
+        submit = await side.post("/v1/jobs", content=HAPPY)
+        assert submit.status_code == 404
+        assert (await side.delete(job_path)).status_code == 404
+        assert (await side.post("/metrics")).status_code == 405
+    assert (await dg.client.get(job_path)).json()["status"] == "queued"  # nothing cancelled it
+
+
+async def test_serve_refuses_a_metrics_port_it_cannot_listen_on(redis_port: int) -> None:
+    with _free_socket() as held:
+        held.listen()
+        port = held.getsockname()[1]
+        env = {
+            **os.environ,
+            "DOCKGUARD_REDIS_URL": f"redis://127.0.0.1:{redis_port}/{WORKER_DB}",
+            "DOCKGUARD_API_METRICS_PORT": str(port),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dockguard", "serve", "--no-worker", "--port", "0", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(60):
+            _, errors = await proc.communicate()
+    assert proc.returncode == 2
+    assert errors.decode().strip() == (
+        f"dockguard: cannot serve metrics on 127.0.0.1:{port} (Address already in use); set "
+        "DOCKGUARD_API_METRICS_PORT to a free port, or 0 for none"
+    )

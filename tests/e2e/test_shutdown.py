@@ -6,13 +6,15 @@ serve`, `dockguard worker`), the real engine, signals.
   exits 0;
 - with a short grace: the running job is handed back and finishes on another worker; the first
   attempt's containers are gone when the stopped worker exits;
-- `serve --workers 2 --no-worker`: /metrics counts every request whichever process answered,
+- `serve --workers 2 --no-worker`: /metrics counts every request whichever process answered
+  (and so does DOCKGUARD_API_METRICS_PORT, on which every process listens),
   and SIGTERM to the parent stops every process within the grace (an open long-poll waited for
   until then), exit status 0."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -28,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import assert_no_leftovers, leftovers
+from tests.e2e.conftest import _free_socket, assert_no_leftovers, leftovers
 from tests.e2e.test_reliability import Process, Stack, finished_lines, run_container, slow
 
 GRACE_LONG_S = 60
@@ -177,12 +179,37 @@ def _counted_by(pid: int, route: str) -> float:
         )
 
 
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on (its sockets' inodes, found in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 async def test_several_api_processes_count_every_request_and_stop_together(stack: Stop) -> None:
     grace_s = 3
     stack.env["DOCKGUARD_API_SHUTDOWN_GRACE_S"] = str(grace_s)
+    with _free_socket() as sock:
+        metrics_port = sock.getsockname()[1]
+    stack.env["DOCKGUARD_API_METRICS_PORT"] = str(metrics_port)
     api = await stack.start_api_processes(2)
     pids = children(api.proc.pid)
     assert len(pids) == 2
+    # Each process serves the metrics port too (SO_REUSEPORT), beside the API's shared socket.
+    deadline = time.monotonic() + 30
+    while not all(metrics_port in listening_ports(pid) for pid in pids):
+        assert time.monotonic() < deadline, {pid: listening_ports(pid) for pid in pids}
+        await asyncio.sleep(0.1)
+    assert children(api.proc.pid) == pids  # neither failed to start and was replaced
     job_id = await stack.submit(slow(0))  # no worker: it stays queued
     before = (await stack.client.get("/metrics")).text
     sent = {"/healthz": 300, "/v1/jobs/{job_id}": 100}
@@ -201,6 +228,13 @@ async def test_several_api_processes_count_every_request_and_stop_together(stack
     after = (await stack.client.get("/metrics")).text
     for route, count in sent.items():
         assert _requests_counted(after, route) - _requests_counted(before, route) == count
+    # The metrics port adds up both processes' metrics too (a request to it is not counted).
+    async with httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0)) as side:
+        for _ in range(6):  # fresh connections: both processes answer some
+            scraped = await side.get(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert scraped.status_code == 200
+            counted = _requests_counted(scraped.text, "/v1/jobs/{job_id}")
+            assert counted == _requests_counted(after, "/v1/jobs/{job_id}")
     by_process = {pid: _counted_by(pid, "/healthz") for pid in pids}
     assert all(by_process.values()), by_process  # each answered some, and /metrics saw both
     assert sum(by_process.values()) == _requests_counted(after, "/healthz")

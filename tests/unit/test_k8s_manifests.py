@@ -260,7 +260,11 @@ def test_the_api_serves_on_8000_with_probes_an_hpa_and_a_pdb(overlay: str) -> No
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["serve", "--no-worker", "--host", "0.0.0.0"]
     assert "command" not in container  # the image's entrypoint is `dockguard`
-    assert [p["containerPort"] for p in container["ports"]] == [8000]
+    # The API, and its /metrics alone on a port of their own (on DOCKGUARD_HOST).
+    env = settings_of(overlay, deployment)
+    assert env["DOCKGUARD_HOST"] == "0.0.0.0"
+    metrics_port = int(env["DOCKGUARD_API_METRICS_PORT"])
+    assert [p["containerPort"] for p in container["ports"]] == [8000, metrics_port]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8000}
     # Ready once it can store jobs: no engine socket in this pod, and workers may be at zero.
     assert container["readinessProbe"]["httpGet"] == {
@@ -271,7 +275,7 @@ def test_the_api_serves_on_8000_with_probes_an_hpa_and_a_pdb(overlay: str) -> No
 
     service = one(overlay, "Service", "dockguard-api", API_NAMESPACE)
     assert selects({"matchLabels": service["spec"]["selector"]}, API_LABELS)
-    assert [p["port"] for p in service["spec"]["ports"]] == [8000]
+    assert [p["port"] for p in service["spec"]["ports"]] == [8000, metrics_port]
     assert "publishNotReadyAddresses" not in service["spec"]  # readiness gates the endpoints
 
     hpa = one(overlay, "HorizontalPodAutoscaler", "dockguard-api", API_NAMESPACE)
@@ -440,6 +444,27 @@ def test_nothing_but_the_api_and_the_workers_reaches_redis() -> None:
         if _peer_is(peer, ns, want, namespace)
     ]
     assert sorted(admitted) == ["api", "worker"] and len(peers) == 2, peers
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_gateway_reaches_the_api_and_prometheus_only_its_metrics(overlay: str) -> None:
+    """dockguard has no authentication: whoever reaches 8000 can submit and read every job.
+    Prometheus gets the metrics port, where nothing but /metrics is served."""
+    metrics_port = int(settings_of(overlay, api(overlay))["DOCKGUARD_API_METRICS_PORT"])
+    admitted: dict[int, list[Obj]] = {}
+    for policy in objects(overlay, "NetworkPolicy", API_NAMESPACE):
+        if "Ingress" not in policy["spec"]["policyTypes"]:
+            continue
+        if not selects(policy["spec"]["podSelector"], API_LABELS):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            assert rule.get("from"), f"{policy['metadata']['name']}: a rule from anywhere"
+            for port in rule["ports"]:
+                assert port["protocol"] == "TCP"
+                admitted.setdefault(port["port"], []).extend(rule["from"])
+    gateway = {"namespaceSelector": {"matchLabels": {"dockguard.io/gateway": "true"}}}
+    monitoring = {"namespaceSelector": {"matchLabels": {"dockguard.io/monitoring": "true"}}}
+    assert admitted == {8000: [gateway], metrics_port: [monitoring]}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -6,6 +6,7 @@ processes and signals: tests/e2e/test_shutdown.py)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 
@@ -15,6 +16,7 @@ from arq import Worker
 from pydantic import ValidationError
 from sse_starlette.sse import AppStatus
 
+from dockguard.api.metrics_port import MetricsPortUnavailable, check_port, listening_socket
 from dockguard.api.server import UVICORN_OPTIONS, Server, uvicorn_options
 from dockguard.cli import serve_problem
 from dockguard.jobs.worker import create_worker, request_stop, request_stop_all, stop_worker
@@ -49,6 +51,39 @@ def test_serve_refuses_what_cannot_work(
         assert found is None
     else:
         assert found is not None and found.startswith(problem), found
+
+
+def test_the_metrics_port_cannot_be_the_apis() -> None:
+    same = settings(redis_url=REDIS, api_metrics_port=8000)
+    found = serve_problem(same, processes=1, run_worker=True, port=8000)
+    assert found is not None and found.startswith("DOCKGUARD_API_METRICS_PORT=8000 is the API's")
+    assert serve_problem(same, processes=1, run_worker=True, port=8001) is None
+    assert serve_problem(settings(redis_url=REDIS), processes=1, run_worker=True, port=0) is None
+
+
+def test_the_metrics_port_is_off_by_default_and_a_port() -> None:
+    assert settings().api_metrics_port == 0
+    with pytest.raises(ValidationError):
+        settings(api_metrics_port=65536)
+
+
+def test_a_metrics_port_in_use_is_refused_unless_shared() -> None:
+    with listening_socket("127.0.0.1", 0, shared=False) as held:
+        port = held.getsockname()[1]
+        with pytest.raises(MetricsPortUnavailable, match=f"127.0.0.1:{port} .*in use"):
+            check_port("127.0.0.1", port, shared=False)
+    # The API processes of `serve --workers N` each listen on it.
+    with listening_socket("127.0.0.1", 0, shared=True) as first:
+        port = first.getsockname()[1]
+        with listening_socket("127.0.0.1", port, shared=True) as second:
+            assert second.getsockname()[1] == port
+
+
+def test_a_metrics_host_that_does_not_resolve_is_refused() -> None:
+    with pytest.raises(
+        MetricsPortUnavailable, match=re.escape("cannot serve metrics on no-such-host.invalid")
+    ):
+        check_port("no-such-host.invalid", 9100, shared=False)
 
 
 def test_api_workers_is_at_least_one() -> None:

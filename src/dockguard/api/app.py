@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,13 +13,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp
 
-from dockguard import __version__
+from dockguard import __version__, metrics
 from dockguard.jobs.worker import create_worker, serve_jobs, stop_worker
 from dockguard.models import SubmitRequest
 from dockguard.services import Services
 from dockguard.settings import Settings
 
-from . import context, docs, headers, problems
+from . import context, docs, headers, metrics_port, problems
 from .routes import router, serve_fast
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,19 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
         app.state.services = services
         worker = create_worker(services, handle_signals=False) if run_worker else None
         task = asyncio.create_task(serve_jobs(worker)) if worker else None
-        log.info("dockguard API started", extra={"worker": run_worker})
         try:
-            yield
+            async with contextlib.AsyncExitStack() as stack:
+                if settings.api_metrics_port:
+                    await stack.enter_async_context(
+                        metrics_port.serving(
+                            services,
+                            settings.host,
+                            settings.api_metrics_port,
+                            shared=metrics.in_several_processes(),
+                        )
+                    )
+                log.info("dockguard API started", extra={"worker": run_worker})
+                yield
         finally:
             if worker and task:
                 await stop_worker(worker)

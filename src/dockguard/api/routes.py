@@ -459,6 +459,11 @@ async def scanner_status(services: ServicesDep) -> ScannerStatus:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics_endpoint(services: ServicesDep) -> Response:
+    return await metrics_answer(services)
+
+
+async def metrics_answer(services: Services) -> Response:
+    """A scrape's answer, on the API's port and on DOCKGUARD_API_METRICS_PORT alike."""
     await _refresh_gauges(services)
     # The 0.0.4 text format: what every Prometheus 2 (Debian's included) reads.
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
