@@ -176,27 +176,44 @@ _STARTUP_FAILURE = 3  # uvicorn.run's exit status when the app did not start
 
 
 def _serve_one(settings: Settings, host: str, port: int, run_worker: bool) -> None:
-    from dockguard.api import create_app
+    from dockguard.api import create_app, startup
     from dockguard.api.server import Server, uvicorn_options
 
     api = create_app(settings, run_worker=run_worker)
     server = Server(uvicorn.Config(api, host=host, port=port, **uvicorn_options(settings)))
-    server.run()
-    if not server.started:
-        sys.exit(_STARTUP_FAILURE)
+    with startup.reporting() as reason:
+        try:
+            server.run()  # uvicorn exits (3) itself when the app's startup fails
+        finally:
+            if (why := reason()) is not None:
+                _startup_failed(why)
+        if not server.started:
+            _startup_failed(None)
 
 
 def _serve_processes(settings: Settings, host: str, port: int, processes: int) -> None:
     """uvicorn's supervisor: `processes` API processes on one socket, each built by
     `app_from_env`, restarted when one dies; SIGTERM stops them all (each within the grace), then
-    the supervisor exits (0). Their metrics are shared through a private directory."""
+    the supervisor exits (0). One that fails to start stops them all, and `serve` exits 3 with
+    its reason (api/startup.py). Their metrics are shared through a private directory."""
     from dockguard import metrics
+    from dockguard.api import startup
     from dockguard.api.server import APP_FACTORY, uvicorn_options
 
     options = uvicorn_options(settings)
     os.environ["DOCKGUARD_HOST"] = host  # each process's settings: where it listens (metrics too)
-    with metrics.shared_between_processes():
+    with metrics.shared_between_processes(), startup.reporting() as reason:
         uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=processes, **options)
+        # The supervisor stops with all of them when one fails to start, and returns as after
+        # a signal: only that process's report tells the two apart.
+        if (why := reason()) is not None:
+            _startup_failed(why)
+
+
+def _startup_failed(why: str | None) -> NoReturn:
+    logs.stop_writer()  # what is queued for the log is written first: this line ends it
+    typer.echo(f"dockguard: the API did not start: {why or 'see the log above'}", err=True)
+    sys.exit(_STARTUP_FAILURE)
 
 
 @app.command("worker")

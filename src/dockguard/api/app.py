@@ -19,7 +19,7 @@ from dockguard.models import SubmitRequest
 from dockguard.services import Services
 from dockguard.settings import Settings
 
-from . import context, docs, headers, metrics_port, problems
+from . import context, docs, headers, metrics_port, problems, startup
 from .routes import router, serve_fast
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,13 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await Services.open(settings)
-        app.state.services = services
-        worker = create_worker(services, handle_signals=False) if run_worker else None
-        task = asyncio.create_task(serve_jobs(worker)) if worker else None
-        try:
-            async with contextlib.AsyncExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                services = await Services.open(settings)
+                stack.push_async_callback(services.close)
+                app.state.services = services
+                if run_worker:
+                    await stack.enter_async_context(_worker(services))
                 if settings.api_metrics_port:
                     await stack.enter_async_context(
                         metrics_port.serving(
@@ -45,13 +46,11 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
                             shared=metrics.in_several_processes(),
                         )
                     )
-                log.info("dockguard API started", extra={"worker": run_worker})
-                yield
-        finally:
-            if worker and task:
-                await stop_worker(worker)
-                task.cancel()
-            await services.close()
+            except Exception as exc:
+                startup.failed(exc)  # `serve` says why, then exits non-zero
+                raise
+            log.info("dockguard API started", extra={"worker": run_worker})
+            yield
 
     app = _App(
         title="dockguard",
@@ -68,6 +67,18 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
     docs.install(app)
     headers.install(app, settings.cors_origins)
     return app
+
+
+@asynccontextmanager
+async def _worker(services: Services) -> AsyncIterator[None]:
+    """An arq worker in this process, taking jobs for as long as the block runs."""
+    worker = create_worker(services, handle_signals=False)
+    task = asyncio.create_task(serve_jobs(worker))
+    try:
+        yield
+    finally:
+        await stop_worker(worker)
+        task.cancel()
 
 
 class _App(FastAPI):
