@@ -2,8 +2,8 @@
 serve`, `dockguard worker`), the real engine, signals.
 
 - a worker's SIGTERM with a grace long enough: the job it runs finishes `succeeded` on it, it
-  takes no new job meanwhile (one submitted after the signal waits for the next worker), and it
-  exits 0;
+  takes no new job meanwhile (one submitted after the signal waits for the next worker) and no
+  longer counts as a live worker, and it exits 0;
 - with a short grace: the running job is handed back and finishes on another worker; the first
   attempt's containers are gone when the stopped worker exits;
 - `serve --workers 2 --no-worker`: /metrics counts every request whichever process answered
@@ -29,7 +29,9 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
+from dockguard.store.workers import BEAT_S, Heartbeats
 from tests.e2e.conftest import _free_socket, assert_no_leftovers, leftovers
 from tests.e2e.test_reliability import Process, Stack, finished_lines, run_container, slow
 
@@ -107,10 +109,21 @@ async def test_a_stopping_worker_finishes_its_job_and_takes_no_new_one(
     stack.env["DOCKGUARD_WORKER_SHUTDOWN_GRACE_S"] = str(GRACE_LONG_S)
     await stack.start_api()
     first = await stack.start_worker("first")
-    running = await stack.submit(slow(5, perf=5))
+    running = await stack.submit(slow(12, perf=5))  # runs past the next beat
     await run_container(docker, running)
-    first.proc.send_signal(signal.SIGTERM)
-    await logged(first, "worker stopping: takes no new job")
+    redis = Redis(host="127.0.0.1", port=stack.redis_port)
+    try:
+        assert await Heartbeats(redis).alive() == 1
+        first.proc.send_signal(signal.SIGTERM)
+        await logged(first, "worker stopping: takes no new job")
+        # No longer a worker to take jobs (/readyz), from its next beat, while its job runs on.
+        deadline = time.monotonic() + BEAT_S + 5
+        while await Heartbeats(redis).alive() != 0:
+            assert time.monotonic() < deadline, "a stopping worker still counted as alive"
+            await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()
+    assert (await stack.job(running))["status"] == "running"
     queued = await stack.submit(slow(0, perf=6))
     async with asyncio.timeout(GRACE_LONG_S + 30):
         code = await first.proc.wait()

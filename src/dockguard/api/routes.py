@@ -500,15 +500,15 @@ _CHECK_TIMEOUT_S = 3.0
     summary="Readiness: Redis, the Docker Engine and a live worker",
     description=(
         "Every check by name: `redis` and `docker` (`ok` or `failed`: answered within 3 s), "
-        "`workers` (workers seen in the last 30 s; `serve`'s own worker counts), `scanner_db` "
-        "(`ok`, `stale`, `missing`, or `not_checked` when image scans are off or the scanner "
-        "did not answer; informative only). 503 `not_ready` when Redis or the engine failed "
-        "or no worker is alive. `exclude` (repeatable: `docker`, `workers`) leaves a check out "
-        "of the verdict, the way Kubernetes' own `/readyz?exclude=` does: an API with no engine "
-        "socket whose workers scale to zero probes `/readyz?exclude=docker&exclude=workers` "
+        "`workers` (workers seen in the last 30 s, a stopping one not; `serve`'s own counts), "
+        "`scanner_db` (`ok`, `stale`, `missing`, or `not_checked` when image scans are off or the "
+        "scanner did not answer; informative only). 503 `not_ready` when Redis or the engine "
+        "failed or no worker is alive. `exclude` (repeatable: `docker`, `workers`) leaves a check "
+        "out of the verdict, the way Kubernetes' own `/readyz?exclude=` does: an API with no "
+        "engine socket whose workers scale to zero probes `/readyz?exclude=docker&exclude=workers` "
         "(ready when it can store jobs). An excluded `docker` is not even tried (`not_checked`); "
-        "the workers are still counted. DOCKGUARD_READYZ_EXCLUDE (e.g. `docker`) excludes "
-        "checks from every request's verdict."
+        "the workers are still counted. DOCKGUARD_READYZ_EXCLUDE (e.g. `docker`) excludes checks "
+        "from every request's verdict."
     ),
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "Not ready: the checks say why."}},

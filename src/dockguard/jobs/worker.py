@@ -124,13 +124,19 @@ async def _heartbeat(services: Services, worker_id: str, worker: Worker, deploym
     """At once and every BEAT_S: this worker is alive (for /readyz), its deliveries' leases are
     renewed, the queue's gauges are fresh on its own metrics endpoint, and a round of the
     watchdog starts (jobs/sweeper.py `watch`), unless the last one is still going: in a task of
-    its own, so that removing a job's objects never delays a lease."""
+    its own, so that removing a job's objects never delays a lease. A stopping worker takes no
+    job: from its next beat it no longer counts as alive, though its leases are still renewed
+    while its running jobs finish."""
     heartbeats = Heartbeats(services.redis)
+    stop: _Stop = worker.ctx["stop"]
     watching: asyncio.Task[int] | None = None
     try:
         while True:
             try:
-                await heartbeats.beat(worker_id)
+                if stop.requested_at is None:
+                    await heartbeats.beat(worker_id)
+                else:
+                    await heartbeats.forget(worker_id)
                 await renew_leases(services, worker)
                 await metrics.refresh_queue(services.redis)
             except Exception:  # noqa: BLE001 -- Redis down: /readyz says so; beat again later
