@@ -119,6 +119,21 @@ async def test_missing_db_fails_closed(
     assert job["run"] is None
 
 
+async def test_a_db_that_arrives_is_used_at_once(instances: Instances, trivy_dbs: Path) -> None:
+    """`dockguard scanner update-db` runs in another process: a DB found missing is looked for
+    again at the next check, not trusted missing for a while."""
+    late = trivy_dbs / "arrives-late"
+    late.mkdir()
+    dockguard = await instances.get(scanner_cache_dir=str(late))
+    status = (await dockguard.client.get("/v1/scanner")).json()
+    assert (status["db"], status["db_usable"]) == (None, False)
+    make_trivy_db(trivy_dbs, "arrives-late", age=timedelta(hours=2))
+    status = (await dockguard.client.get("/v1/scanner")).json()
+    assert status["db_usable"] is True and 1.9 < status["db_age_h"] < 2.5, status
+    job = await dockguard.run(debian_like({"dgtest": "1.0-1"}))
+    assert job["error"]["code"] == "image_rejected"  # scanned with it
+
+
 async def test_stale_db_allowed_explicitly(instances: Instances, trivy_dbs: Path) -> None:
     stale = make_trivy_db(trivy_dbs, "ten-days-old-allowed", age=timedelta(days=10))
     dockguard = await instances.get(scanner_cache_dir=str(stale), scanner_allow_stale_db=True)

@@ -69,14 +69,18 @@ class TrivyScanner:
         )
 
     async def _read_version(self, *, fresh: bool = False) -> tuple[str, DbMetadata | None]:
+        """The scanner's version and its DB's metadata, trusted for `_VERSION_TTL_S`; a DB found
+        missing is looked for again at every call (`scanner update-db`, in another process, may
+        have just put one there: waiting would fail jobs `scanner_db_missing` meanwhile)."""
         now = time.monotonic()
-        if fresh or self._version is None or now - self._version[0] > _VERSION_TTL_S:
+        known = self._version
+        if fresh or known is None or known[2] is None or now - known[0] > _VERSION_TTL_S:
             raw = await self._backend.run(
                 ["version", "--format", "json", "--cache-dir", "{cache}"],
                 timeout_s=self._timeout_s,
             )
-            self._version = (now, *parse_version(raw))
-        return self._version[1], self._version[2]
+            known = self._version = (now, *parse_version(raw))
+        return known[1], known[2]
 
     async def info(self) -> ScannerInfo:
         image = await self._backend.verify()
