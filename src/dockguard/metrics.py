@@ -22,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +39,7 @@ from redis.asyncio import Redis
 
 from dockguard import tracing
 from dockguard.errors import JobFailure
+from dockguard.inherited_dir import inherited_dir
 from dockguard.store.keys import QUEUE_NAME
 
 log = logging.getLogger(__name__)
@@ -161,17 +160,8 @@ def shared_between_processes() -> Iterator[str]:
     """For the parent of several API processes: a private directory for their metric files,
     named in the environment they inherit (set before they start, so before they import
     prometheus-client), removed with everything in it at the end."""
-    path = tempfile.mkdtemp(prefix="dockguard-metrics-")  # mode 0700: this user's only
-    previous = os.environ.get(MULTIPROC_ENV)
-    os.environ[MULTIPROC_ENV] = path
-    try:
+    with inherited_dir(MULTIPROC_ENV, "dockguard-metrics-") as path:
         yield path
-    finally:
-        if previous is None:
-            os.environ.pop(MULTIPROC_ENV, None)
-        else:
-            os.environ[MULTIPROC_ENV] = previous
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def in_several_processes() -> bool:

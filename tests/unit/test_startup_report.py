@@ -14,7 +14,7 @@ def test_the_first_failure_is_reported_on_one_line() -> None:
         startup.failed(ConnectionError("Error 111 connecting\nto 127.0.0.1:1."))
         startup.failed(RuntimeError("a later process, the same cause"))
         assert reason() == "ConnectionError: Error 111 connecting to 127.0.0.1:1."
-        directory = Path(os.environ[startup.REPORT_ENV]).parent
+        directory = Path(os.environ[startup.REPORT_ENV])
         assert directory.stat().st_mode & 0o077 == 0  # this user's only
     assert startup.REPORT_ENV not in os.environ
     assert not directory.exists()
