@@ -41,6 +41,7 @@ from dockguard.store.scan_cache import ScanCache
 log = logging.getLogger(__name__)
 
 _VERSION_TTL_S = 30.0  # how long the scanner version and DB metadata are trusted in memory
+_MISSING_TTL_S = 2.0  # how long a DB found missing is (a download may be putting it there)
 _OFFLINE = [
     "--skip-db-update", "--skip-java-db-update", "--offline-scan", "--skip-version-check",
     "--disable-telemetry", "--cache-backend", "memory", "--cache-dir", "{cache}",
@@ -62,6 +63,7 @@ class TrivyScanner:
         self._docker = docker
         self._cache = cache
         self._version: tuple[float, str, DbMetadata | None] | None = None
+        self._reading = asyncio.Lock()
         self.policy = ScanPolicy(
             fail_on=sorted(set(settings.scan_fail_on)),
             ignore=sorted(set(settings.scan_ignore)),
@@ -69,18 +71,29 @@ class TrivyScanner:
         )
 
     async def _read_version(self, *, fresh: bool = False) -> tuple[str, DbMetadata | None]:
-        """The scanner's version and its DB's metadata, trusted for `_VERSION_TTL_S`; a DB found
-        missing is looked for again at every call (`scanner update-db`, in another process, may
-        have just put one there: waiting would fail jobs `scanner_db_missing` meanwhile)."""
-        now = time.monotonic()
-        known = self._version
-        if fresh or known is None or known[2] is None or now - known[0] > _VERSION_TTL_S:
+        """The scanner's version and its DB's metadata, trusted for `_VERSION_TTL_S`, a DB found
+        missing only for `_MISSING_TTL_S` (`scanner update-db`, in another process, may put one
+        there at any time: jobs would fail `scanner_db_missing` meanwhile). One read at a time:
+        the callers that wait for it take its answer."""
+        if not fresh and (known := self._trusted()) is not None:
+            return known
+        async with self._reading:
+            if not fresh and (known := self._trusted()) is not None:
+                return known  # read while this call waited
+            now = time.monotonic()
             raw = await self._backend.run(
                 ["version", "--format", "json", "--cache-dir", "{cache}"],
                 timeout_s=self._timeout_s,
             )
-            known = self._version = (now, *parse_version(raw))
-        return known[1], known[2]
+            self._version = (now, *parse_version(raw))
+            return self._version[1], self._version[2]
+
+    def _trusted(self) -> tuple[str, DbMetadata | None] | None:
+        if self._version is None:
+            return None
+        read_at, version, db = self._version
+        ttl_s = _VERSION_TTL_S if db is not None else _MISSING_TTL_S
+        return (version, db) if time.monotonic() - read_at <= ttl_s else None
 
     async def info(self) -> ScannerInfo:
         image = await self._backend.verify()
