@@ -357,6 +357,9 @@ def test_keda_scales_the_workers_on_the_queue_down_to_zero(overlay: str) -> None
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
     assert trigger["metadata"]["query"].startswith("max(dockguard_queue_depth")
+    # No depth scraped is an error, so the fallback keeps a worker (not "0 jobs": none at all).
+    assert trigger["metadata"]["ignoreNullValues"] == "false"
+    assert scaled["spec"]["fallback"]["replicas"] >= 1
     env = settings_of(overlay, worker(overlay))
     assert trigger["metadata"]["threshold"] == env["DOCKGUARD_WORKER_CONCURRENCY"]
     assert "replicas" not in worker(overlay)["spec"], "KEDA owns the workers' replicas"
