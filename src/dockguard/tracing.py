@@ -9,6 +9,7 @@ traces libraries behind the operator's back, and tests can install an in-memory 
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,14 @@ def traces_url(endpoint: str) -> str:
     return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
 
 
+def shown_url(url: str) -> str:
+    """`url` fit for a log line: no user, password or query (a collector's token may be in
+    either)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def configure(endpoint: str | None) -> None:
     """Export spans to `endpoint` (once per process; later calls keep the first). None: off."""
     if not endpoint or _provider is not None:
@@ -45,7 +54,7 @@ def configure(endpoint: str | None) -> None:
 
     exporter = OTLPSpanExporter(endpoint=traces_url(endpoint), timeout=EXPORT_TIMEOUT_S)
     install(BatchSpanProcessor(exporter))
-    log.info("tracing on", extra={"endpoint": traces_url(endpoint)})
+    log.info("tracing on", extra={"endpoint": shown_url(traces_url(endpoint))})
 
 
 def install(processor: SpanProcessor) -> None:

@@ -46,6 +46,18 @@ def test_the_endpoint_is_a_base_url_as_otlp_http_has_it(endpoint: str, url: str)
     assert tracing.traces_url(endpoint) == url
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://u:s3cret@collector:4318/v1/traces", "http://collector:4318/v1/traces"),
+        ("https://token@otel.example/v1/traces?key=s3cret", "https://otel.example/v1/traces"),
+        ("http://collector:4318/v1/traces", "http://collector:4318/v1/traces"),
+    ],
+)
+def test_the_logged_endpoint_has_no_credentials(url: str, shown: str) -> None:
+    assert tracing.shown_url(url) == shown
+
+
 def test_a_traceparent_carries_the_span_across_the_queue(spans: InMemorySpanExporter) -> None:
     with tracing.span("POST /v1/jobs", parent=tracing.context_from({"traceparent": PARENT})):
         carried = tracing.traceparent()
