@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from datetime import timedelta
@@ -96,19 +97,21 @@ def serve(
     settings = settings.model_copy(update={"host": host_})
     if problem := serve_problem(settings, processes=processes, run_worker=worker, port=port_):
         raise typer.BadParameter(problem)
-    _check_metrics_port(settings, shared=processes > 1)
+    if settings.api_metrics_port:  # (its processes listen on it themselves, later)
+        _listen(host_, settings.api_metrics_port, "DOCKGUARD_API_METRICS_PORT").close()
+    sock = _listen(host_, port_, "DOCKGUARD_PORT or --port")
     if processes > 1:
-        _serve_processes(settings, host_, port_, processes)
+        _serve_processes(settings, sock, processes)
         return
     # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit(0) it unwinds through
     # the `with` below (so the private redis-server is stopped too), and a clean stop exits 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if settings.redis_url is not None:
-        _serve_one(settings, host_, port_, run_worker=worker)
+        _serve_one(settings, sock, run_worker=worker)
         return
     try:
         with embedded_redis() as url:
-            _serve_one(settings.model_copy(update={"redis_url": url}), host_, port_, worker)
+            _serve_one(settings.model_copy(update={"redis_url": url}), sock, worker)
     except EmbeddedRedisError as exc:
         typer.echo(f"dockguard: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -134,19 +137,16 @@ def _check_runtime(settings: Settings) -> None:
         raise typer.Exit(2) from None
 
 
-def _check_metrics_port(settings: Settings, *, shared: bool) -> None:
-    """Refuse to start (exit 2) when DOCKGUARD_API_METRICS_PORT cannot be listened on."""
-    from dockguard.api.metrics_port import MetricsPortUnavailable, check_port
+def _listen(host: str, port: int, setting: str) -> socket.socket:
+    """A socket listening on host:port, or a refusal to start (exit 2) naming `setting`. Not
+    shared (no SO_REUSEPORT): a port anything else listens on, even another dockguard, is
+    refused."""
+    from dockguard.api.sockets import PortUnavailable, listening_socket
 
-    if not settings.api_metrics_port:
-        return
     try:
-        check_port(settings.host, settings.api_metrics_port, shared=shared)
-    except MetricsPortUnavailable as exc:
-        typer.echo(
-            f"dockguard: {exc}; set DOCKGUARD_API_METRICS_PORT to a free port, or 0 for none",
-            err=True,
-        )
+        return listening_socket(host, port)
+    except PortUnavailable as exc:
+        typer.echo(f"dockguard: {exc}; set {setting} to a free port", err=True)
         raise typer.Exit(2) from None
 
 
@@ -172,18 +172,18 @@ def serve_problem(
     return None
 
 
-_STARTUP_FAILURE = 3  # uvicorn.run's exit status when the app did not start
+_STARTUP_FAILURE = uvicorn.config.STARTUP_FAILURE  # (3) a process whose app did not start
 
 
-def _serve_one(settings: Settings, host: str, port: int, run_worker: bool) -> None:
+def _serve_one(settings: Settings, sock: socket.socket, run_worker: bool) -> None:
     from dockguard.api import create_app, startup
     from dockguard.api.server import Server, uvicorn_options
 
     api = create_app(settings, run_worker=run_worker)
-    server = Server(uvicorn.Config(api, host=host, port=port, **uvicorn_options(settings)))
+    server = Server(uvicorn.Config(api, **uvicorn_options(settings)))
     with startup.reporting() as reason:
         try:
-            server.run()  # uvicorn exits (3) itself when the app's startup fails
+            server.run(sockets=[sock])  # uvicorn exits (3) itself when the app's startup fails
         finally:
             if (why := reason()) is not None:
                 _startup_failed(why)
@@ -191,23 +191,29 @@ def _serve_one(settings: Settings, host: str, port: int, run_worker: bool) -> No
             _startup_failed(None)
 
 
-def _serve_processes(settings: Settings, host: str, port: int, processes: int) -> None:
+def _serve_processes(settings: Settings, sock: socket.socket, processes: int) -> None:
     """uvicorn's supervisor: `processes` API processes on one socket, each built by
     `app_from_env`, restarted when one dies; SIGTERM stops them all (each within the grace), then
-    the supervisor exits (0). One that fails to start stops them all, and `serve` exits 3 with
-    its reason (api/startup.py). Their metrics are shared through a private directory."""
+    the supervisor returns and `serve` exits 0. One that fails to start stops them all, and
+    `serve` exits 3 with its reason (api/startup.py); one that fails while a SIGHUP replaces
+    the processes leaves the old one serving, and is no reason for a later exit 3. Their
+    metrics are shared through a private directory."""
+    from uvicorn.supervisors import Multiprocess
+
     from dockguard import metrics
     from dockguard.api import startup
     from dockguard.api.server import APP_FACTORY, uvicorn_options
 
     options = uvicorn_options(settings)
-    os.environ["DOCKGUARD_HOST"] = host  # each process's settings: where it listens (metrics too)
+    config = uvicorn.Config(APP_FACTORY, factory=True, workers=processes, **options)
+    os.environ["DOCKGUARD_HOST"] = settings.host  # each process's settings: where it listens
     with metrics.shared_between_processes(), startup.reporting() as reason:
-        uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=processes, **options)
-        # The supervisor stops with all of them when one fails to start, and returns as after
-        # a signal: only that process's report tells the two apart.
-        if (why := reason()) is not None:
-            _startup_failed(why)
+        supervisor = Multiprocess(config, sockets=[sock])  # (as uvicorn.run does)
+        supervisor.run()
+        # It returns the same after a signal and after a process failed to start; only in the
+        # second case is that process, with uvicorn's startup failure status, among its own.
+        if any(process.exitcode == _STARTUP_FAILURE for process in supervisor.processes):
+            _startup_failed(reason())
 
 
 def _startup_failed(why: str | None) -> NoReturn:

@@ -7,9 +7,10 @@ serve`, `dockguard worker`), the real engine, signals.
 - with a short grace: the running job is handed back and finishes on another worker; the first
   attempt's containers are gone when the stopped worker exits;
 - `serve --workers 2 --no-worker`: /metrics counts every request whichever process answered
-  (and so does DOCKGUARD_API_METRICS_PORT, on which every process listens),
-  and SIGTERM to the parent stops every process within the grace (an open long-poll waited for
-  until then), exit status 0."""
+  (and so does DOCKGUARD_API_METRICS_PORT, on which every process listens, and which another
+  serve is refused), and SIGTERM to the parent stops every process within the grace (an open
+  long-poll waited for until then), exit status 0; a replacement that fails to start during a
+  SIGHUP restart leaves the old processes serving and does not turn the later stop into exit 3."""
 
 from __future__ import annotations
 
@@ -45,7 +46,12 @@ class Stop(Stack):
             "api", "serve", "--no-worker", "--workers", str(processes), "--port", str(self.api_port)
         )
         deadline = time.monotonic() + 60
-        while len(children(api.proc.pid)) < processes or not await self._healthy():
+        # Every one of them started (a /healthz answered is only one of them).
+        while (
+            len(children(api.proc.pid)) < processes
+            or messages(api).count("Application startup complete.") < processes
+            or not await self._healthy()
+        ):
             assert api.proc.returncode is None, api.log.read_text()[-2000:]
             assert time.monotonic() < deadline, "the API processes did not start"
             await asyncio.sleep(0.1)
@@ -223,6 +229,23 @@ async def test_several_api_processes_count_every_request_and_stop_together(stack
         assert time.monotonic() < deadline, {pid: listening_ports(pid) for pid in pids}
         await asyncio.sleep(0.1)
     assert children(api.proc.pid) == pids  # neither failed to start and was replaced
+    # Another serve is refused that port (it would have shared the scrapes), and exits 2.
+    with _free_socket() as sock:
+        other_port = sock.getsockname()[1]
+    other = await stack._spawn(
+        "other", "serve", "--no-worker", "--workers", "2", "--port", str(other_port)
+    )
+    async with asyncio.timeout(60):
+        assert await other.proc.wait() == 2
+    assert (
+        other.log.read_text()
+        .strip()
+        .endswith(
+            f"dockguard: cannot listen on 127.0.0.1:{metrics_port} (Address already in use); set "
+            "DOCKGUARD_API_METRICS_PORT to a free port"
+        )
+    )
+    stack.processes.remove(other)
     job_id = await stack.submit(slow(0))  # no worker: it stays queued
     before = (await stack.client.get("/metrics")).text
     sent = {"/healthz": 300, "/v1/jobs/{job_id}": 100}
@@ -265,3 +288,28 @@ async def test_several_api_processes_count_every_request_and_stop_together(stack
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
     await asyncio.gather(polling, return_exceptions=True)  # cut at the grace's end
     assert not any(Path(tempfile.gettempdir()).glob(f"dockguard-metrics-*/counter_{pids[0]}.db"))
+
+
+async def test_a_replacement_that_fails_to_start_is_no_reason_to_fail_the_stop(
+    stack: Stop,
+) -> None:
+    """SIGHUP replaces the processes one by one; one that cannot start (Redis is down) leaves the
+    old one serving. A later SIGTERM is an ordinary stop: exit 0, not 3."""
+    stack.env["DOCKGUARD_API_SHUTDOWN_GRACE_S"] = "1"
+    api = await stack.start_api_processes(2)
+    pids = children(api.proc.pid)
+    await stack.kill_redis()
+    api.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while "aborting the restart" not in api.log.read_text():
+        assert api.proc.returncode is None, api.log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the replacement did not fail"
+        await asyncio.sleep(0.1)
+    assert children(api.proc.pid) == pids, api.log.read_text()[-6000:]  # the old ones serve on
+    assert (await stack.client.get("/healthz")).status_code == 200
+    await stack.start_redis()
+    api.proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        code = await api.proc.wait()
+    assert code == 0, api.log.read_text()[-3000:]
+    assert "did not start" not in api.log.read_text()

@@ -16,8 +16,8 @@ from arq import Worker
 from pydantic import ValidationError
 from sse_starlette.sse import AppStatus
 
-from dockguard.api.metrics_port import MetricsPortUnavailable, check_port, listening_socket
 from dockguard.api.server import UVICORN_OPTIONS, Server, uvicorn_options
+from dockguard.api.sockets import PortUnavailable, listening_socket
 from dockguard.cli import serve_problem
 from dockguard.jobs.worker import create_worker, request_stop, request_stop_all, stop_worker
 from dockguard.settings import Settings
@@ -67,23 +67,24 @@ def test_the_metrics_port_is_off_by_default_and_a_port() -> None:
         settings(api_metrics_port=65536)
 
 
-def test_a_metrics_port_in_use_is_refused_unless_shared() -> None:
-    with listening_socket("127.0.0.1", 0, shared=False) as held:
+def test_a_port_in_use_is_refused_unless_shared() -> None:
+    with listening_socket("127.0.0.1", 0) as held:
         port = held.getsockname()[1]
-        with pytest.raises(MetricsPortUnavailable, match=f"127.0.0.1:{port} .*in use"):
-            check_port("127.0.0.1", port, shared=False)
-    # The API processes of `serve --workers N` each listen on it.
+        with pytest.raises(PortUnavailable, match=f"127.0.0.1:{port} .*in use"):
+            listening_socket("127.0.0.1", port)
+    # The API processes of `serve --workers N` each listen on the metrics port.
     with listening_socket("127.0.0.1", 0, shared=True) as first:
         port = first.getsockname()[1]
         with listening_socket("127.0.0.1", port, shared=True) as second:
             assert second.getsockname()[1] == port
+        # What `serve` checks first is not shared: a port they hold is refused to another.
+        with pytest.raises(PortUnavailable, match="in use"):
+            listening_socket("127.0.0.1", port)
 
 
-def test_a_metrics_host_that_does_not_resolve_is_refused() -> None:
-    with pytest.raises(
-        MetricsPortUnavailable, match=re.escape("cannot serve metrics on no-such-host.invalid")
-    ):
-        check_port("no-such-host.invalid", 9100, shared=False)
+def test_a_host_that_does_not_resolve_is_refused() -> None:
+    with pytest.raises(PortUnavailable, match=re.escape("cannot listen on no-such-host.invalid")):
+        listening_socket("no-such-host.invalid", 9100)
 
 
 def test_api_workers_is_at_least_one() -> None:

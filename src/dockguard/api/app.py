@@ -35,8 +35,6 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
                 services = await Services.open(settings)
                 stack.push_async_callback(services.close)
                 app.state.services = services
-                if run_worker:
-                    await stack.enter_async_context(_worker(services))
                 if settings.api_metrics_port:
                     await stack.enter_async_context(
                         metrics_port.serving(
@@ -46,6 +44,8 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
                             shared=metrics.in_several_processes(),
                         )
                     )
+                if run_worker:  # last: nothing that can still fail to start follows a job
+                    await stack.enter_async_context(_worker(services))
             except Exception as exc:
                 startup.failed(exc)  # `serve` says why, then exits non-zero
                 raise

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
@@ -27,43 +26,12 @@ from starlette.routing import Route
 from dockguard.services import Services
 
 from .routes import metrics_answer
+from .sockets import listening_socket
 
 log = logging.getLogger(__name__)
 
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
-
-
-class MetricsPortUnavailable(Exception):
-    """The port cannot be listened on (in use, or not allowed)."""
-
-
-def listening_socket(host: str, port: int, *, shared: bool) -> socket.socket:
-    """A socket listening on host:port; `shared`: with SO_REUSEPORT, for the several API
-    processes of one `serve --workers N`."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise MetricsPortUnavailable(f"cannot serve metrics on {host}:{port} ({exc})") from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if shared:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        why = exc.strerror or str(exc)
-        raise MetricsPortUnavailable(f"cannot serve metrics on {host}:{port} ({why})") from exc
-    return sock
-
-
-def check_port(host: str, port: int, *, shared: bool) -> None:
-    """At start, before anything runs: can the port be listened on? (`MetricsPortUnavailable`.)"""
-    listening_socket(host, port, shared=shared).close()
 
 
 def metrics_only_app(services: Services) -> Starlette:
@@ -88,6 +56,7 @@ async def serving(services: Services, host: str, port: int, *, shared: bool) -> 
     config = uvicorn.Config(
         metrics_only_app(services),
         lifespan="off",
+        ws="none",  # a WebSocket upgrade is a 404 like any other request but a scrape
         log_config=None,
         access_log=False,
         proxy_headers=False,
@@ -100,7 +69,7 @@ async def serving(services: Services, host: str, port: int, *, shared: bool) -> 
             while not server.started:
                 if task.done():
                     task.result()  # its error, if it had one
-                    raise MetricsPortUnavailable(f"metrics on {host}:{port} did not start")
+                    raise RuntimeError(f"metrics on {host}:{port} did not start")
                 await asyncio.sleep(0.01)
         log.info("API metrics served", extra={"host": host, "port": port})
         yield
