@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
 import time
 
 import pytest
@@ -80,6 +81,13 @@ def test_a_port_in_use_is_refused_unless_shared() -> None:
         # What `serve` checks first is not shared: a port they hold is refused to another.
         with pytest.raises(PortUnavailable, match="in use"):
             listening_socket("127.0.0.1", port)
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_a_name_is_listened_on_in_ipv4_as_uvicorn_does(host: str) -> None:
+    with listening_socket(host, 0) as sock:
+        assert sock.family == socket.AF_INET
+        assert sock.getsockname()[0] == "127.0.0.1"
 
 
 def test_a_host_that_does_not_resolve_is_refused() -> None:

@@ -13,9 +13,11 @@ class PortUnavailable(Exception):
 def listening_socket(host: str, port: int, *, shared: bool = False) -> socket.socket:
     """A socket listening on host:port (inheritable: uvicorn's supervisor hands it to its
     processes); `shared`: with SO_REUSEPORT, for each of several processes to have its own."""
+    # As uvicorn: an IPv6 address has a colon; anything else (a name too: `localhost`) is IPv4.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host, port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
